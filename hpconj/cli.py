@@ -1,0 +1,230 @@
+"""The `hpconj` command: thin typer commands over config, sweep and analysis.
+
+Exit status: 0 success, 1 a failed check or an internal error, 2 bad input (one line, no
+traceback unless --debug), 130 interrupted (everything finished so far is recorded).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hpconj.config import ConfigError, load_config
+from hpconj.store import StoreError
+from hpconj.tasks import TaskError
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Measure how far the optimal learning rate moves with batch size and momentum.",
+)
+out = Console()
+err = Console(stderr=True)
+_state = {"debug": False}
+
+ConfigArg = typer.Argument(..., help="The sweep config (YAML).", show_default=False)
+DebugOpt = typer.Option(False, "--debug", help="Show tracebacks.")
+
+
+class BadInput(Exception):
+    """Raised by commands for bad input that is not a config error."""
+
+
+def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn known errors into one line and exit 2; unknown ones into one line and exit 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("debug"):
+            _state["debug"] = True
+        try:
+            return command(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except ConfigError as exc:
+            if _state["debug"]:
+                raise
+            for line in exc.lines:
+                err.print(f"[red]error:[/red] {line}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except (BadInput, TaskError, StoreError, _sweep_error()) as exc:
+            if _state["debug"]:
+                raise
+            err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except Exception as exc:
+            if _state["debug"]:
+                raise
+            err.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+                      highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _sweep_error() -> type[Exception]:
+    from hpconj.sweep import SweepError
+
+    return SweepError
+
+
+@app.callback()
+def root(debug: bool = DebugOpt) -> None:
+    _state["debug"] = debug
+
+
+def set_threads(threads: int) -> int:
+    """Torch intra-op threads: explicit, since oversubscription collapses small-model throughput."""
+    import torch
+
+    n = threads if threads > 0 else default_threads()
+    torch.set_num_threads(n)
+    return n
+
+
+def default_threads() -> int:
+    # The reference engine runs one trial at a time: give it every core this process may use
+    # (2 threads were 1.3× faster than 1 on the quickstart's batch-8 trials, 2-core machine).
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+@app.command()
+@reports_errors
+def sweep(
+    config_path: Path = ConfigArg,
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Results folder [default: results/<name>]."),
+    device: Optional[str] = typer.Option(None, "--device", help="Override the config: auto | cpu | cuda | cuda:N."),
+    fresh: bool = typer.Option(False, "--fresh", help="Discard results already in the folder."),
+    max_trials: Optional[int] = typer.Option(None, "--max-trials", min=1, help="Run at most N unfinished trials."),
+    engine: str = typer.Option("reference", "--engine", help="Training engine: reference."),
+    threads: int = typer.Option(0, "--threads", min=0, help="Torch threads [default: 0 = auto]."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    debug: bool = DebugOpt,
+) -> None:
+    """Train every trial of a sweep and record it in results/<name>/."""
+    from hpconj import sweep as sweeping
+    from hpconj.engine import get_engine
+    from hpconj.progress import SweepProgress, print_summary
+
+    config = load_config(config_path)
+    if device is not None:
+        config = _with_device(config, device)
+    folder = out_dir if out_dir is not None else Path("results") / config.name
+    torch_device = sweeping.resolve_device(config.device)
+    try:
+        chosen = get_engine(engine)
+    except ValueError as exc:
+        raise BadInput(f"--engine: {exc}") from None
+    set_threads(threads)
+    task = sweeping.load_task(config)
+    plan = sweeping.plan_sweep(config, task)
+    with SweepProgress(err, enabled=not quiet) as progress:
+        outcome = sweeping.run_sweep(
+            plan, task, folder, chosen, torch_device, fresh=fresh, max_trials=max_trials,
+            on_start=progress.start, on_result=progress.advance,
+        )
+    if not quiet:
+        print_summary(out, folder, config, outcome)
+    if outcome.interrupted:
+        err.print(f"interrupted: {outcome.ran} trials recorded this run; run the same command to resume")
+        raise typer.Exit(130)
+    if outcome.failures:
+        err.print(
+            f"[red]error:[/red] {len(outcome.failures)} trial(s) failed in user code, first: {outcome.failures[0]}"
+            " (recorded as failed; they run again on resume)", highlight=False, soft_wrap=True,
+        )
+        raise typer.Exit(2)
+
+
+def _with_device(config: Any, device: str) -> Any:
+    from hpconj.config import Config, ConfigError
+
+    try:
+        return Config.model_validate({**config.model_dump(), "device": device})
+    except Exception:
+        raise ConfigError([f"--device: must be one of auto | cpu | cuda | cuda:N, got {device!r}"]) from None
+
+
+@app.command()
+@reports_errors
+def validate(config_path: Path = ConfigArg, debug: bool = DebugOpt) -> None:
+    """Check a config and show the trials and cohorts it expands to, without training."""
+    from hpconj import sweep as sweeping
+
+    config = load_config(config_path)
+    task = sweeping.load_task(config)
+    plan = sweeping.plan_sweep(config, task)
+    lrs = config.lrs
+    out.print(f"[green]ok[/green] {config_path}: {config.name}", highlight=False)
+    out.print(f"  task        {task.description}", highlight=False)
+    out.print(f"  optimizer   {config.optimizer}; parameterizations: {', '.join(config.parameterizations)}"
+              f" (B_ref = {config.reference_batch_size})", highlight=False)
+    out.print(f"  lr          {len(lrs)} values, 2^{math.log2(lrs[0]):.2f} .. 2^{math.log2(lrs[-1]):.2f}", highlight=False)
+    out.print(f"  batch sizes {config.sweep.batch_size} → steps {[plan.steps[b] for b in config.sweep.batch_size]}",
+              highlight=False)
+    out.print(f"  momentum    {config.sweep.momentum}; seeds {config.seeds}", highlight=False)
+    out.print(f"  {len(plan.trials)} trials in {len(plan.cohorts)} cohorts, {plan.total_steps:,} optimizer steps",
+              highlight=False)
+
+
+@app.command()
+@reports_errors
+def init(
+    path: Path = typer.Argument(Path("hpconj.yaml"), help="Where to write the example ('-' for stdout)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+    debug: bool = DebugOpt,
+) -> None:
+    """Write a commented example config."""
+    from hpconj.examples import EXAMPLE_CONFIG
+
+    if str(path) == "-":
+        sys.stdout.write(EXAMPLE_CONFIG)
+        return
+    if path.exists() and not force:
+        raise BadInput(f"{path} exists; use --force to overwrite it")
+    try:
+        path.write_text(EXAMPLE_CONFIG)
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot write ({exc.strerror or exc})") from None
+    out.print(f"wrote {path}; next: hpconj validate {path} && hpconj sweep {path}", highlight=False)
+
+
+@app.command()
+@reports_errors
+def tasks(debug: bool = DebugOpt) -> None:
+    """List the built-in models, data sets, optimizers and parameterizations."""
+    from hpconj.parameterizations import PARAMETERIZATIONS
+    from hpconj.tasks import describe_datasets, describe_models
+
+    table = Table(title="hpconj building blocks", show_lines=False)
+    table.add_column("kind")
+    table.add_column("name")
+    table.add_column("what it is")
+    for name, text in describe_models().items():
+        table.add_row("model", name, text)
+    for name, text in describe_datasets().items():
+        table.add_row("data", name, text)
+    optimizers = {
+        "sgd": "θ ← θ − η·g (momentum must be 0)",
+        "momentum": "heavy ball, torch.optim.SGD: v ← β·v + g; θ ← θ − η·v",
+        "nesterov": "torch.optim.SGD(nesterov=True): θ ← θ − η·(g + β·v)",
+    }
+    for name, text in optimizers.items():
+        table.add_row("optimizer", name, text)
+    for name, fn in PARAMETERIZATIONS.items():
+        table.add_row("parameterization", name, (fn.__doc__ or "").strip().splitlines()[0])
+    out.print(table)
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    app()

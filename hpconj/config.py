@@ -1,0 +1,625 @@
+"""The sweep configuration: a pydantic schema, validated once, then frozen.
+
+`load_config(path)` is the only place YAML is read. Every error becomes a `ConfigError` whose
+message names the file, the line (where known), the key path and what was expected, e.g.
+``quickstart.yaml:7 sweep.batch_size[2]: must be a positive integer, got -4``.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov")
+METRICS = ("train_loss", "val_loss", "val_error")
+BUILTIN_MODELS = ("mlp", "deep_linear", "quadratic")
+BUILTIN_DATA = ("teacher", "digits", "mnist1d")
+ACTIVATIONS = ("relu", "tanh", "gelu")
+_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+class ConfigError(ValueError):
+    """Bad input in a config file: one line per problem, ready to print."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+class Record(BaseModel):
+    """A frozen record that refuses unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------- data sets
+class TeacherData(Record):
+    """A random teacher network: x ~ N(0, I), y = teacher(x) (+ noise), or its argmax class."""
+
+    name: Literal["teacher"] = "teacher"
+    examples: int = Field(2048, gt=0)
+    input_dim: int = Field(20, gt=0)
+    outputs: int = Field(10, gt=0)
+    hidden: int = Field(32, gt=0)
+    kind: Literal["classification", "regression"] = "classification"
+    noise: float = Field(0.0, ge=0)
+    seed: int = 0
+
+
+class FileData(Record):
+    """A user's data: `.npz` (arrays x and y) or `.csv` (target column `y`, else the last one)."""
+
+    name: Literal["file"] = "file"
+    path: str
+    sha256: str = ""
+
+
+class CallableData(Record):
+    """A user's `package.module:function` returning (x, y) arrays."""
+
+    name: Literal["callable"] = "callable"
+    target: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class NamedData(Record):
+    """A data set that ships with a package: `digits` (scikit-learn) or `mnist1d` (offline)."""
+
+    name: Literal["digits", "mnist1d"]
+
+
+DataSpec = Union[TeacherData, FileData, CallableData, NamedData]
+
+
+def _data_from_string(value: str) -> dict[str, Any]:
+    if value in ("digits", "mnist1d"):
+        return {"name": value}
+    if value == "teacher":
+        return {"name": "teacher"}
+    if value.endswith((".npz", ".csv")):
+        return {"name": "file", "path": value}
+    if _CALLABLE.match(value):
+        return {"name": "callable", "target": value}
+    raise ValueError(
+        f"must be one of teacher | digits | mnist1d | path/to/file.npz|.csv | 'pkg.mod:fn', got {value!r}"
+    )
+
+
+def _parse_data(value: Any) -> Any:
+    if isinstance(value, str):
+        return _data_from_string(value)
+    if isinstance(value, dict) and "name" in value and isinstance(value["name"], str):
+        name = value["name"]
+        if name not in ("teacher", "digits", "mnist1d", "file", "callable"):
+            return {**_data_from_string(name), **{k: v for k, v in value.items() if k != "name"}}
+    return value
+
+
+class SupervisedTask(Record):
+    """Fields shared by every task that trains a network on a finite data set."""
+
+    data: Annotated[DataSpec, Field(discriminator="name")]
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    data_seed: int = 0
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data(cls, value: Any) -> Any:
+        return _parse_data(value)
+
+
+class MlpTask(SupervisedTask):
+    """Fully connected network: `depth` hidden layers of `width` units and `activation`."""
+
+    model: Literal["mlp"]
+    width: int = Field(64, gt=0)
+    depth: int = Field(2, ge=0)
+    activation: Literal["relu", "tanh", "gelu"] = "relu"
+
+
+class DeepLinearTask(SupervisedTask):
+    """Saxe's deep linear network: `depth` bias-free linear layers, W ~ N(0, init_scale²/fan_in)."""
+
+    model: Literal["deep_linear"]
+    width: int = Field(32, gt=0)
+    depth: int = Field(3, ge=1)
+    init_scale: float = Field(1.0, gt=0)
+
+
+class UserModelTask(SupervisedTask):
+    """A user's `package.module:function(input_dim, output_dim, **kwargs) -> nn.Module`."""
+
+    model: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        if not _CALLABLE.match(value):
+            raise ValueError(
+                f"must be one of mlp | deep_linear | quadratic | 'package.module:function', got {value!r}"
+            )
+        return value
+
+
+class QuadraticTask(Record):
+    """The noisy quadratic model (see hpconj.tasks.quadratic for the exact definition)."""
+
+    model: Literal["quadratic"]
+    dim: int = Field(100, gt=0)
+    h_min: float = Field(1e-3, gt=0)
+    h_max: float = Field(1.0, gt=0)
+    sigma: float = Field(1.0, ge=0)
+    theta0: float = 1.0
+
+    @model_validator(mode="after")
+    def _curvatures(self) -> QuadraticTask:
+        if self.h_min > self.h_max:
+            raise ValueError(f"h_min ({self.h_min}) must not exceed h_max ({self.h_max})")
+        return self
+
+
+def _task_tag(value: Any) -> str | None:
+    model = value.get("model") if isinstance(value, dict) else getattr(value, "model", None)
+    if model in BUILTIN_MODELS:
+        return model
+    return "user" if isinstance(model, str) else None
+
+
+TaskSpec = Annotated[
+    Union[
+        Annotated[MlpTask, Tag("mlp")],
+        Annotated[DeepLinearTask, Tag("deep_linear")],
+        Annotated[QuadraticTask, Tag("quadratic")],
+        Annotated[UserModelTask, Tag("user")],
+    ],
+    Discriminator(
+        _task_tag,
+        custom_error_type="task_model",
+        custom_error_message="task.model is required: mlp | deep_linear | quadratic | 'package.module:function'",
+    ),
+]
+_TASK_TAGS = {"mlp", "deep_linear", "quadratic", "user"}
+
+
+# ----------------------------------------------------------------------------- sweep axes
+class LrValues(Record):
+    values: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(min_length=1)
+
+
+class LrLog2Range(Record):
+    """2**x for x from a to b inclusive: `num` points, or a `step` in octaves (0.5 = half-octave)."""
+
+    log2_range: tuple[float, float]
+    num: int | None = Field(None, ge=1)
+    step: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _count(self) -> LrLog2Range:
+        lo, hi = self.log2_range
+        if lo > hi:
+            raise ValueError(f"log2_range must be [low, high], got [{lo}, {hi}]")
+        if (self.num is None) == (self.step is None):
+            raise ValueError("give exactly one of num or step")
+        return self
+
+
+class LrLogRange(Record):
+    """`num` learning rates evenly spaced in log between the two (positive) ends, inclusive."""
+
+    log_range: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]]
+    num: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> LrLogRange:
+        if self.log_range[0] > self.log_range[1]:
+            raise ValueError(f"log_range must be [low, high], got {list(self.log_range)}")
+        return self
+
+
+def _lr_tag(value: Any) -> str | None:
+    if isinstance(value, dict):
+        for key in ("values", "log2_range", "log_range"):
+            if key in value:
+                return key
+        return None
+    return type(value).__name__
+
+
+LrSpec = Annotated[
+    Union[
+        Annotated[LrValues, Tag("values")],
+        Annotated[LrLog2Range, Tag("log2_range")],
+        Annotated[LrLogRange, Tag("log_range")],
+        Annotated[LrValues, Tag("LrValues")],
+        Annotated[LrLog2Range, Tag("LrLog2Range")],
+        Annotated[LrLogRange, Tag("LrLogRange")],
+    ],
+    Discriminator(
+        _lr_tag,
+        custom_error_type="lr_spec",
+        custom_error_message="must be a mapping with one of values | log2_range | log_range",
+    ),
+]
+_LR_TAGS = {"values", "log2_range", "log_range", "LrValues", "LrLog2Range", "LrLogRange"}
+
+
+def lr_grid(spec: LrValues | LrLog2Range | LrLogRange) -> list[float]:
+    """The learning rates of a spec, ascending, without duplicates."""
+    if isinstance(spec, LrValues):
+        values = list(spec.values)
+    elif isinstance(spec, LrLog2Range):
+        lo, hi = spec.log2_range
+        num = spec.num if spec.num is not None else int(math.floor((hi - lo) / spec.step + 1e-9)) + 1
+        exps = [lo] if num == 1 else [lo + (hi - lo) * i / (num - 1) for i in range(num)]
+        values = [2.0 ** round(e, 12) for e in exps]
+    else:
+        lo, hi = (math.log2(v) for v in spec.log_range)
+        num = spec.num
+        values = [2.0 ** (lo if num == 1 else lo + (hi - lo) * i / (num - 1)) for i in range(num)]
+    return sorted(set(values))
+
+
+class Sweep(Record):
+    lr: LrSpec
+    batch_size: list[Annotated[int, Field(gt=0, strict=True)]] = Field(min_length=1)
+    momentum: list[Annotated[float, Field(ge=0, lt=1)]] = Field(default_factory=lambda: [0.0], min_length=1)
+
+    @field_validator("batch_size", "momentum")
+    @classmethod
+    def _unique(cls, values: list[Any]) -> list[Any]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"values must be distinct, got {values}")
+        return sorted(values)
+
+
+class Budget(Record):
+    """Training length: exactly one of epochs, examples or steps."""
+
+    epochs: float | None = Field(None, gt=0)
+    examples: int | None = Field(None, gt=0)
+    steps: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Budget:
+        given = [k for k in ("epochs", "examples", "steps") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of epochs | examples | steps, got {given or 'none'}")
+        return self
+
+
+class Metric(Record):
+    name: Literal["train_loss", "val_loss", "val_error"] = "val_loss"
+    goal: Literal["minimize"] = "minimize"
+
+
+class Config(Record):
+    """A whole sweep, validated. Nothing downstream reads YAML again."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    task: TaskSpec
+    optimizer: Literal["sgd", "momentum", "nesterov"] = "momentum"
+    parameterizations: list[Literal["standard", "conjugate"]] = Field(
+        default_factory=lambda: ["standard", "conjugate"], min_length=1
+    )
+    reference_batch_size: int = Field(1, gt=0, strict=True)
+    budget: Budget
+    sweep: Sweep
+    seeds: list[Annotated[int, Field(ge=0, strict=True)]] = Field(default_factory=lambda: [0], min_length=1)
+    metric: Metric = Field(default_factory=Metric)
+    device: str = "auto"
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seeds(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"must be a positive integer or a list of integers, got {value!r}")
+        if isinstance(value, int):
+            if value < 1:
+                raise ValueError(f"must be a positive integer (a count) or a list of integers, got {value}")
+            return list(range(value))
+        return value
+
+    @field_validator("seeds", "parameterizations")
+    @classmethod
+    def _distinct(cls, values: list[Any]) -> list[Any]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"values must be distinct, got {values}")
+        return values
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError(f"must be one of auto | cpu | cuda | cuda:N, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Config:
+        if self.optimizer == "sgd" and any(b != 0 for b in self.sweep.momentum):
+            raise ValueError("sweep.momentum: optimizer sgd has no momentum; use optimizer: momentum")
+        if isinstance(self.task, QuadraticTask):
+            if self.budget.epochs is not None:
+                raise ValueError("budget.epochs: the quadratic task streams fresh examples; use examples or steps")
+            if self.metric.name == "val_error":
+                raise ValueError("metric.name: the quadratic task has no classes; use train_loss or val_loss")
+        return self
+
+    @property
+    def lrs(self) -> list[float]:
+        return lr_grid(self.sweep.lr)
+
+    def canonical(self) -> dict[str, Any]:
+        """The resolved config as plain data (what results/<name>/config.yaml holds)."""
+        return self.model_dump(mode="json")
+
+    def experiment_key(self) -> str:
+        """Hash of everything that defines the experiment except the lr grid, seeds, name, device.
+
+        A results folder accepts a re-run whose key matches: added lr values or seeds extend it.
+        """
+        data = self.canonical()
+        data["sweep"].pop("lr")
+        for key in ("seeds", "name", "device"):
+            data.pop(key)
+        return stable_hash(data)
+
+    def config_hash(self) -> str:
+        return stable_hash(self.canonical())
+
+
+def stable_hash(data: Any) -> str:
+    """sha256 of canonical JSON (sorted keys, repr floats): the same on every machine."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- loading
+def load_config(path: str | Path, *, check_imports: bool = True) -> Config:
+    """Read, validate and resolve a config file; raise ConfigError with one line per problem."""
+    path = Path(path)
+    label = path.name
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such config file"]) from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read the config file ({type(exc).__name__})"]) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{label}:{mark.line + 1}" if mark is not None else label
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([f"{where}: malformed YAML: {problem}"]) from None
+    if raw is None:
+        raise ConfigError([f"{label}: the config file is empty"])
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{label}:1: the config must be a mapping of keys, got {type(raw).__name__}"])
+    lines = _line_index(node)
+    raw = dict(raw)
+    raw.setdefault("name", path.stem)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_messages(exc, label, lines)) from None
+    config = _resolve_files(config, path.parent, label, lines)
+    if check_imports:
+        _check_callables(config, label, lines)
+    return config
+
+
+def config_from_dict(raw: dict[str, Any], label: str = "<config>") -> Config:
+    """Validate an already-parsed config (e.g. the resolved one stored with results)."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_messages(exc, label, {})) from None
+
+
+def _line_index(node: yaml.Node | None) -> dict[tuple[Any, ...], int]:
+    """Map each key path in the YAML document to its 1-based line."""
+    index: dict[tuple[Any, ...], int] = {}
+
+    def walk(n: yaml.Node, path: tuple[Any, ...]) -> None:
+        index.setdefault(path, n.start_mark.line + 1)
+        if isinstance(n, yaml.MappingNode):
+            for key, value in n.value:
+                child = path + (key.value,)
+                index[child] = key.start_mark.line + 1
+                walk(value, child)
+        elif isinstance(n, yaml.SequenceNode):
+            for i, item in enumerate(n.value):
+                walk(item, path + (i,))
+
+    if node is not None:
+        walk(node, ())
+    return index
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop pydantic's union tags and type names so the path matches the YAML keys."""
+    out: list[Any] = []
+    for i, part in enumerate(loc):
+        prev = loc[i - 1] if i else None
+        if prev == "task" and part in _TASK_TAGS:
+            continue
+        if prev == "lr" and part in _LR_TAGS:
+            continue
+        if prev == "data" and part in ("teacher", "file", "callable", "digits", "mnist1d"):
+            continue
+        if isinstance(part, str) and ("[" in part or part.startswith("function-")):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def format_path(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _line_for(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int | None:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None
+
+
+def _where(label: str, loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> str:
+    line = _line_for(loc, lines)
+    return f"{label}:{line}" if line is not None else label
+
+
+def _expected(error: dict[str, Any]) -> str:
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    got = f", got {value!r}" if not isinstance(value, (dict, list)) else f", got a {type(value).__name__}"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "greater_than" and ctx.get("gt") == 0 and isinstance(value, int) and not isinstance(value, bool):
+        return f"must be a positive integer{got}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
+        bound = next(iter(ctx.values()))
+        return f"must be {op} {bound}{got}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"must be an integer{got}"
+    if kind in ("float_type", "float_parsing"):
+        return f"must be a number{got}"
+    if kind == "finite_number":
+        return f"must be a finite number{got}"
+    if kind in ("string_type",):
+        return f"must be a string{got}"
+    if kind in ("list_type", "tuple_type"):
+        return f"must be a list{got}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"must be a mapping of keys{got}"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '').replace(' or ', ', ')}{got}"
+    if kind == "too_short":
+        return f"must have at least {ctx.get('min_length')} item(s){got}"
+    if kind in ("too_long",):
+        return f"must have exactly {ctx.get('max_length')} items{got}"
+    if kind == "string_pattern_mismatch":
+        return f"must use only letters, digits, '_', '.', '-'{got}"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        return f"must be one of {ctx.get('expected_tags', '')}{got}"
+    if kind == "bool_type":
+        return f"must be true or false{got}"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return error["msg"][0].lower() + error["msg"][1:] + got
+
+
+def _messages(exc: ValidationError, label: str, lines: dict[tuple[Any, ...], int]) -> list[str]:
+    out: list[tuple[int, str]] = []
+    seen: set[str] = set()
+    for error in exc.errors(include_url=False):
+        loc = _clean_loc(tuple(error["loc"]))
+        message = _expected(error)
+        if error["type"] == "extra_forbidden":
+            message = f"unknown key{_allowed_hint(loc)}"
+        # A model-level check names its own key: "sweep.momentum: ..." etc.
+        if error["type"] == "value_error" and not loc:
+            key, _, rest = message.partition(": ")
+            if re.match(r"^[a-z_][\w.\[\]]*$", key) and rest:
+                loc, message = tuple(_split_path(key)), rest
+        text = f"{_where(label, loc, lines)} {format_path(loc)}: {message}"
+        if text not in seen:
+            seen.add(text)
+            out.append((_line_for(loc, lines) or 0, text))
+    return [text for _, text in sorted(out, key=lambda item: item[0])]
+
+
+def _split_path(key: str) -> list[Any]:
+    parts: list[Any] = []
+    for piece in key.split("."):
+        m = re.match(r"^(\w+)((?:\[\d+\])*)$", piece)
+        if not m:
+            return [key]
+        parts.append(m.group(1))
+        parts.extend(int(i) for i in re.findall(r"\[(\d+)\]", m.group(2)))
+    return parts
+
+
+def _allowed_hint(loc: tuple[Any, ...]) -> str:
+    """List the keys allowed where an unknown key was found."""
+    parent = loc[:-1]
+    schemas: dict[tuple[Any, ...], type[BaseModel]] = {
+        (): Config,
+        ("sweep",): Sweep,
+        ("budget",): Budget,
+        ("metric",): Metric,
+    }
+    model = schemas.get(parent)
+    if model is None:
+        return ""
+    return f" (expected one of: {', '.join(model.model_fields)})"
+
+
+def _resolve_files(config: Config, base: Path, label: str, lines: dict[tuple[Any, ...], int]) -> Config:
+    """Make a data file path absolute and record its sha256 (the trial identity uses the hash)."""
+    task = config.task
+    data = getattr(task, "data", None)
+    if not isinstance(data, FileData):
+        return config
+    file = Path(data.path).expanduser()
+    if not file.is_absolute():
+        file = (base / file).resolve()
+    loc = ("task", "data")
+    if not file.is_file():
+        raise ConfigError([f"{_where(label, loc, lines)} task.data: no such data file: {file}"])
+    digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    new_data = data.model_copy(update={"path": str(file), "sha256": digest})
+    return config.model_copy(update={"task": task.model_copy(update={"data": new_data})})
+
+
+def _check_callables(config: Config, label: str, lines: dict[tuple[Any, ...], int]) -> None:
+    """Import user `module:function` targets now, so a typo fails before any training."""
+    task = config.task
+    targets: list[tuple[tuple[Any, ...], str]] = []
+    if isinstance(task, UserModelTask):
+        targets.append((("task", "model"), task.model))
+    data = getattr(task, "data", None)
+    if isinstance(data, CallableData):
+        targets.append((("task", "data"), data.target))
+    for loc, target in targets:
+        try:
+            resolve_callable(target)
+        except ImportError as exc:
+            raise ConfigError([f"{_where(label, loc, lines)} {format_path(loc)}: {exc}"]) from None
+
+
+def resolve_callable(target: str) -> Any:
+    """Import `package.module:function`; ImportError with a precise reason otherwise."""
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any error while importing user code is the user's input problem
+        raise ImportError(f"cannot import module {module_name!r} ({type(exc).__name__}: {exc})") from None
+    fn = getattr(module, attr, None)
+    if fn is None or not callable(fn):
+        raise ImportError(f"module {module_name!r} has no callable {attr!r}")
+    return fn

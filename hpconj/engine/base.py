@@ -1,0 +1,78 @@
+"""The engine interface: a cohort of trials in, one `TrialResult` per trial out.
+
+Engines differ only in how they compute; the result of a trial is a pure function of its
+fields (DESIGN.md invariant 1). The sweep runner never looks inside an engine.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from hpconj.tasks import Task
+from hpconj.trials import Trial
+
+DIVERGENCE_FACTOR = 100.0  # a loss above 100× its initial value counts as diverged
+CURVE_POINTS = 50
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    step: int
+    examples: int
+    train_loss: float
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    trial_id: str
+    status: str  # ok | diverged | failed
+    train_loss: float
+    val_loss: float
+    val_error: float
+    steps: int  # steps actually taken
+    examples: int
+    wall_s: float
+    curve: tuple[CurvePoint, ...] = field(repr=False)
+    error: str | None = None
+    params_sha256: str | None = None
+
+    def metric(self, name: str) -> float:
+        """The configured metric: +inf when diverged, NaN when failed."""
+        if self.status == "diverged":
+            return math.inf
+        if self.status == "failed":
+            return math.nan
+        return float(getattr(self, name))
+
+
+class Engine(Protocol):
+    name: str
+
+    def run(self, task: Task, trials: Sequence[Trial], device: torch.device) -> Iterator[TrialResult]:
+        """Train `trials` (one cohort: same batch size and budget), yielding each result as it ends."""
+
+
+def curve_steps(steps: int) -> set[int]:
+    """About CURVE_POINTS evenly spaced steps to record, always including 0 and the last."""
+    every = max(1, steps // CURVE_POINTS)
+    return set(range(0, steps + 1, every)) | {steps}
+
+
+def is_diverged(loss: float, initial: float) -> bool:
+    """Non-finite, or far above where it started (DESIGN.md invariant 4)."""
+    return not math.isfinite(loss) or loss > DIVERGENCE_FACTOR * max(initial, 1e-12)
+
+
+def params_digest(model: nn.Module) -> str:
+    """sha256 of the final parameters' bytes: equal digests mean bit-identical trials."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,81 @@
+"""The reference engine: one trial at a time with torch.optim.SGD. Readable; the oracle.
+
+For step t = 1..T: loss_t = task.batch_loss(model, batch_t) (mean over the batch), backward,
+then `torch.optim.SGD(**trial.native.torch_kwargs())`.step() — the parameterization has already
+turned (η, B, β) into native settings, so this loop is the same for every parameterization.
+"""
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from hpconj.engine.base import CurvePoint, TrialResult, curve_steps, is_diverged, params_digest
+from hpconj.tasks import Task
+from hpconj.trials import Trial
+
+
+class ReferenceEngine:
+    name = "reference"
+
+    def run(self, task: Task, trials: Sequence[Trial], device: torch.device) -> Iterator[TrialResult]:
+        for trial in trials:
+            yield train_trial(task, trial, device)
+
+
+def train_trial(task: Task, trial: Trial, device: torch.device) -> TrialResult:
+    """Train one trial; never raises: a user error becomes status `failed`."""
+    start = time.perf_counter()
+    steps = task.steps(trial.budget, trial.batch_size)
+    try:
+        return _train(task, trial, device, steps, start)
+    except Exception as exc:  # a user model or data function that raises must not stop the sweep
+        tb = traceback.extract_tb(exc.__traceback__)
+        where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+        message = f"{type(exc).__name__}: {exc}{where}"
+        nan = math.nan
+        return TrialResult(trial.trial_id, "failed", nan, nan, nan, 0, 0, time.perf_counter() - start, (), message)
+
+
+def _train(task: Task, trial: Trial, device: torch.device, steps: int, start: float) -> TrialResult:
+    model = task.init_model(trial.seed).to(device)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), **trial.native.torch_kwargs())
+    initial = task.reference_loss(model)
+    record_at = curve_steps(steps)
+    curve = [CurvePoint(0, 0, initial)]
+    recent: list[float] = []
+    status, done = "ok", 0
+    for batch in task.batch_stream(trial.seed, trial.batch_size, steps, device):
+        optimizer.zero_grad(set_to_none=True)
+        loss = task.batch_loss(model, batch)
+        loss.backward()
+        optimizer.step()
+        done += 1
+        value = loss.item()
+        recent.append(value)
+        if not math.isfinite(value):
+            status = "diverged"
+            break
+        if done in record_at:
+            point = task.curve_loss(model, recent)
+            curve.append(CurvePoint(done, done * trial.batch_size, point))
+            recent = []
+            if is_diverged(point, initial):
+                status = "diverged"
+                break
+    if status == "ok":
+        metrics = task.evaluate(model)
+        if is_diverged(metrics.train_loss, initial) or not math.isfinite(metrics.val_loss):
+            status = "diverged"
+    if status == "diverged":
+        inf = math.inf
+        return TrialResult(trial.trial_id, "diverged", inf, inf, math.nan, done, done * trial.batch_size,
+                           time.perf_counter() - start, tuple(curve))
+    return TrialResult(
+        trial.trial_id, "ok", metrics.train_loss, metrics.val_loss, metrics.val_error, done,
+        done * trial.batch_size, time.perf_counter() - start, tuple(curve), None, params_digest(model),
+    )

@@ -1,0 +1,170 @@
+"""The results store: one SQLite file, the source of truth; CSVs are exports of it.
+
+WAL mode with synchronous=FULL, and one transaction per finished trial (its row and its curve
+together), so a trial is either recorded whole or not at all, whatever kills the process.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+import pandas as pd
+
+from hpconj.engine.base import TrialResult
+from hpconj.trials import Trial
+
+STORE_NAME = "store.sqlite"
+SCHEMA_VERSION = "1"
+DONE_STATUSES = ("ok", "diverged")  # `failed` trials run again on resume
+
+TRIAL_COLUMNS = [
+    "trial_id", "status", "parameterization", "optimizer", "lr", "batch_size", "momentum", "seed",
+    "train_loss", "val_loss", "val_error", "metric", "steps", "examples", "wall_s",
+    "reference_batch_size", "params_sha256", "error",
+]
+_SORT = ["parameterization", "optimizer", "batch_size", "momentum", "lr", "seed"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS trials (
+    trial_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    parameterization TEXT NOT NULL,
+    optimizer TEXT NOT NULL,
+    lr REAL NOT NULL,
+    batch_size INTEGER NOT NULL,
+    momentum REAL NOT NULL,
+    seed INTEGER NOT NULL,
+    reference_batch_size INTEGER,
+    train_loss REAL, val_loss REAL, val_error REAL,
+    steps INTEGER NOT NULL, examples INTEGER NOT NULL, wall_s REAL NOT NULL,
+    params_sha256 TEXT, error TEXT,
+    fields TEXT NOT NULL,
+    engine TEXT, device TEXT,
+    finished_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS curves (
+    trial_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    examples INTEGER NOT NULL,
+    train_loss REAL,
+    PRIMARY KEY (trial_id, step)
+);
+"""
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or does not belong to this sweep."""
+
+
+def _real(value: float) -> float | None:
+    # SQLite stores ±inf as REAL but turns NaN into NULL; say so explicitly.
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+class Store:
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path}: not a readable hpconj store ({exc})") from None
+
+    @classmethod
+    def open(cls, folder: Path) -> Store:
+        return cls(folder / STORE_NAME)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- metadata
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, values: dict[str, str]) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", values.items())
+        self.db.execute("COMMIT")
+
+    # -- trials
+    def finished_ids(self) -> set[str]:
+        marks = ",".join("?" * len(DONE_STATUSES))
+        rows = self.db.execute(f"SELECT trial_id FROM trials WHERE status IN ({marks})", DONE_STATUSES)
+        return {r[0] for r in rows}
+
+    def record(self, trial: Trial, result: TrialResult, metric_name: str, engine: str, device: str) -> None:
+        """Write one finished trial and its curve in a single transaction."""
+        row = (
+            trial.trial_id, result.status, trial.parameterization, trial.optimizer, trial.lr, trial.batch_size,
+            trial.momentum, trial.seed, trial.reference_batch_size, _real(result.train_loss),
+            _real(result.val_loss), _real(result.val_error), result.steps, result.examples, result.wall_s,
+            result.params_sha256, result.error, json.dumps(trial.identity(), sort_keys=True), engine, device,
+            datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        points = [(trial.trial_id, p.step, p.examples, _real(p.train_loss)) for p in result.curve]
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("DELETE FROM curves WHERE trial_id = ?", (trial.trial_id,))
+            self.db.execute(f"INSERT OR REPLACE INTO trials VALUES ({','.join('?' * len(row))})", row)
+            self.db.executemany("INSERT INTO curves VALUES (?, ?, ?, ?)", points)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT status, COUNT(*) FROM trials GROUP BY status").fetchall())
+
+    def trials_frame(self, metric_name: str) -> pd.DataFrame:
+        frame = pd.read_sql_query("SELECT * FROM trials", self.db)
+        return trials_table(frame, metric_name)
+
+    def curves_frame(self) -> pd.DataFrame:
+        frame = pd.read_sql_query("SELECT trial_id, step, examples, train_loss FROM curves", self.db)
+        return frame.sort_values(["trial_id", "step"], kind="stable").reset_index(drop=True)
+
+
+def trials_table(frame: pd.DataFrame, metric_name: str) -> pd.DataFrame:
+    """The trials.csv table: the configured metric added (+inf if diverged), sorted, fixed columns."""
+    frame = frame.copy()
+    for col in ("train_loss", "val_loss", "val_error"):
+        frame[col] = frame[col].astype(float)
+    frame["metric"] = frame[metric_name]
+    frame.loc[frame["status"] == "diverged", "metric"] = math.inf
+    frame.loc[frame["status"] == "failed", "metric"] = math.nan
+    frame["reference_batch_size"] = frame["reference_batch_size"].astype("Int64")
+    frame = frame.sort_values(_SORT, kind="stable").reset_index(drop=True)
+    return frame[TRIAL_COLUMNS]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export_csv(store: Store, folder: Path, metric_name: str) -> tuple[Path, Path]:
+    """trials.csv and curves.csv from the store (floats in full precision, +inf as `inf`)."""
+    trials_path, curves_path = folder / "trials.csv", folder / "curves.csv"
+    write_atomic(trials_path, store.trials_frame(metric_name).to_csv(index=False))
+    write_atomic(curves_path, store.curves_frame().to_csv(index=False))
+    return trials_path, curves_path
+
+
+def read_trials(folder: Path) -> pd.DataFrame:
+    return pd.read_csv(folder / "trials.csv")
+

@@ -1,0 +1,242 @@
+"""Run a sweep: config → trials → cohorts → engine → store, resumable at any point.
+
+The results folder is bound to the config's experiment key (everything but the lr grid, seeds,
+name and device): re-running the same command skips finished trials; a different experiment is
+refused unless `fresh`. Every finished trial is committed before the next one starts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+import hpconj
+from hpconj.config import Config
+from hpconj.engine import Engine, TrialResult
+from hpconj.store import STORE_NAME, Store, StoreError, export_csv, write_atomic
+from hpconj.tasks import Task, TaskError, build_task
+from hpconj.trials import Cohort, Trial, expand_trials, group_cohorts
+
+RESULT_FILES = ("trials.csv", "curves.csv", "config.yaml", "manifest.json")
+
+
+class SweepError(RuntimeError):
+    """Bad input discovered while preparing or running a sweep (exit status 2)."""
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    config: Config
+    trials: list[Trial]
+    cohorts: list[Cohort]
+    steps: dict[int, int]  # batch size → optimizer steps per trial
+
+    @property
+    def total_steps(self) -> int:
+        return sum(self.steps[t.batch_size] for t in self.trials)
+
+
+@dataclass
+class SweepOutcome:
+    folder: Path
+    total: int
+    skipped: int
+    ran: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def plan_sweep(config: Config, task: Task) -> SweepPlan:
+    """Expand the config; check every batch size against the data before any training."""
+    steps = {}
+    for b in config.sweep.batch_size:
+        try:
+            task.check_batch_size(b)
+        except TaskError as exc:
+            raise SweepError(f"sweep.batch_size: {exc}") from None
+        steps[b] = task.steps(config.budget, b)
+        if steps[b] < 1:
+            raise SweepError(f"budget: batch size {b} gets 0 steps; raise the budget or lower the batch size")
+    trials = expand_trials(config)
+    return SweepPlan(config, trials, group_cohorts(trials), steps)
+
+
+def load_task(config: Config) -> Task:
+    try:
+        return build_task(config.task)
+    except TaskError as exc:
+        raise SweepError(f"task: {exc}") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` → CUDA when present, else CPU; an explicit CUDA device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SweepError(f"device: {name} requested, but this torch sees no CUDA device (use cpu or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SweepError(f"device: {name} requested, but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return device
+
+
+# ----------------------------------------------------------------------------- the folder
+def open_results(config: Config, folder: Path, fresh: bool) -> Store:
+    """Create or reopen the results folder; refuse one that holds a different experiment."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".hpconj-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise SweepError(f"--out {folder}: cannot write the results folder ({exc.strerror or exc})") from None
+    if fresh:
+        for name in (STORE_NAME, STORE_NAME + "-wal", STORE_NAME + "-shm", *RESULT_FILES):
+            (folder / name).unlink(missing_ok=True)
+    try:
+        store = Store.open(folder)
+    except StoreError as exc:
+        raise SweepError(str(exc)) from None
+    stored_key = store.get_meta("experiment_key")
+    if stored_key is not None and stored_key != config.experiment_key():
+        previous = json.loads(store.get_meta("config") or "{}")
+        store.close()
+        raise SweepError(
+            f"{folder} holds results of a different experiment ({config_difference(previous, config.canonical())}); "
+            "use --fresh to replace them, or --out for a new folder"
+        )
+    store.set_meta({"experiment_key": config.experiment_key(), "config": json.dumps(config.canonical())})
+    return store
+
+
+def config_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
+    """The first key path whose value differs (ignoring what a folder may add: lr, seeds)."""
+    for key in sorted(set(old) | set(new)):
+        path = f"{prefix}{key}"
+        if path in ("sweep.lr", "seeds", "name", "device"):
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = config_difference(a, b, path + ".")
+            if found:
+                return found
+        elif a != b:
+            return f"{path}: {json.dumps(a)} → {json.dumps(b)}"
+    return ""
+
+
+# ----------------------------------------------------------------------------- running
+def run_sweep(
+    plan: SweepPlan,
+    task: Task,
+    folder: Path,
+    engine: Engine,
+    device: torch.device,
+    *,
+    fresh: bool = False,
+    max_trials: int | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    on_result: Callable[[Trial, TrialResult], None] | None = None,
+) -> SweepOutcome:
+    """Run every unfinished trial of `plan`, recording each one as soon as it ends."""
+    config = plan.config
+    store = open_results(config, folder, fresh)
+    started = _now()
+    done = store.finished_ids()
+    todo = [t for t in plan.trials if t.trial_id not in done]
+    if max_trials is not None:
+        todo = todo[:max_trials]
+    outcome = SweepOutcome(folder, total=len(plan.trials), skipped=len(plan.trials) - len(todo) - 0)
+    outcome.skipped = sum(1 for t in plan.trials if t.trial_id in done)
+    write_atomic(folder / "config.yaml", yaml.safe_dump(config.canonical(), sort_keys=False))
+    write_manifest(folder, config, store, engine.name, device, started, None, "running")
+    if on_start is not None:
+        on_start(len(plan.trials), outcome.skipped)
+    device_task = task.to(device)
+    todo_ids = {t.trial_id for t in todo}
+    try:
+        for cohort in plan.cohorts:
+            trials = [t for t in cohort.trials if t.trial_id in todo_ids]
+            if not trials:
+                continue
+            by_id = {t.trial_id: t for t in trials}
+            for result in engine.run(device_task, trials, device):
+                trial = by_id[result.trial_id]
+                store.record(trial, result, config.metric.name, engine.name, str(device))
+                outcome.ran += 1
+                if result.status == "failed":
+                    outcome.failures.append(f"trial {trial.trial_id} (lr={trial.lr:g}, B={trial.batch_size}): {result.error}")
+                if on_result is not None:
+                    on_result(trial, result)
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+    finally:
+        outcome.counts = store.counts()
+        export_csv(store, folder, config.metric.name)
+        status = "interrupted" if outcome.interrupted else ("partial" if max_trials is not None and len(store.finished_ids()) < len(plan.trials) else "complete")
+        write_manifest(folder, config, store, engine.name, device, started, _now(), status)
+        store.close()
+    return outcome
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def git_state(cwd: Path) -> dict[str, Any]:
+    """Commit and dirty flag of the working directory's git repository, if any."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def write_manifest(
+    folder: Path, config: Config, store: Store, engine: str, device: torch.device,
+    started: str, ended: str | None, status: str,
+) -> None:
+    manifest = {
+        "hpconj": hpconj.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "engine": engine,
+        "git": git_state(Path.cwd()),
+        "config_hash": config.config_hash(),
+        "experiment_key": config.experiment_key(),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "started": started,
+        "ended": ended,
+        "status": status,
+        "trials": {"planned": len(expand_trials(config)), **store.counts()},
+        "pid": os.getpid(),
+    }
+    write_atomic(folder / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+
+
+def tidy_time(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(seconds))

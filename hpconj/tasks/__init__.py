@@ -1,0 +1,39 @@
+"""Tasks: a validated TaskSpec → a runtime Task (data loaded, model builder chosen)."""
+from __future__ import annotations
+
+from hpconj.config import QuadraticTask, TaskSpec, UserModelTask
+from hpconj.tasks.base import Metrics, Task, TaskError
+from hpconj.tasks.data import build_dataset, describe_datasets
+from hpconj.tasks.quadratic import NoisyQuadraticTask
+from hpconj.tasks.supervised import MODEL_BUILDERS, SupervisedTask
+
+__all__ = ["Metrics", "Task", "TaskError", "build_task", "describe_models", "describe_datasets"]
+
+
+def build_task(spec: TaskSpec) -> Task:
+    """Load the data and check that a model can be built (seed 0), on the CPU."""
+    if isinstance(spec, QuadraticTask):
+        return NoisyQuadraticTask.build(spec)
+    data = build_dataset(spec.data, spec.val_fraction, spec.data_seed)
+    kind = f"{data.classes} classes" if data.classes else f"regression ({data.output_dim} outputs)"
+    data_name = getattr(spec.data, "path", None) or getattr(spec.data, "target", None) or spec.data.name
+    model_name = spec.model
+    if not isinstance(spec, UserModelTask):
+        model_name = f"{spec.model} {'-'.join([str(data.input_dim)] + [str(spec.width)] * _hidden(spec) + [str(data.output_dim)])}"
+    task = SupervisedTask(spec, data, f"{model_name} on {data_name} ({data.n_train} train, {kind})")
+    try:
+        task.init_model(0)
+    except Exception as exc:
+        raise TaskError(f"task.model {spec.model} raised {type(exc).__name__}: {exc}") from None
+    return task
+
+
+def _hidden(spec: object) -> int:
+    depth = getattr(spec, "depth", 0)
+    return depth if getattr(spec, "model", "") == "mlp" else max(depth - 1, 0)
+
+
+def describe_models() -> dict[str, str]:
+    out = {name: (fn.__doc__ or "").strip().splitlines()[0] for name, fn in MODEL_BUILDERS.items()}
+    out["quadratic"] = "noisy quadratic: ½ Σ h_i (θ_i − x_i)², x_i ~ N(0, σ²/h_i); exact theory available"
+    return out

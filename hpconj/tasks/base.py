@@ -1,0 +1,68 @@
+"""What an engine needs from a task: initial weights, batches, a loss, and final metrics.
+
+Common random numbers (DESIGN.md invariant 2) live here: `init_model(seed)` and
+`batch_stream(seed, ...)` depend on the seed alone, never on lr, momentum or parameterization.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+
+class TaskError(ValueError):
+    """A task cannot be built from its spec (bad data file, a user function that raises...)."""
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Final metrics of a trial, evaluated on whole data sets (deterministic)."""
+
+    train_loss: float
+    val_loss: float
+    val_error: float  # NaN where the task has no classes
+
+
+class Task(Protocol):
+    """A runtime task: built once per sweep (and device) from a validated TaskSpec."""
+
+    description: str
+
+    def steps(self, budget: Any, batch_size: int) -> int:
+        """Number of optimizer steps a trial of this batch size takes under `budget`."""
+
+    def init_model(self, seed: int) -> nn.Module:
+        """The initial model of `seed` (on the CPU; built identically for every trial of the seed)."""
+
+    def batch_stream(self, seed: int, batch_size: int, steps: int, device: torch.device) -> Iterator[Any]:
+        """The `steps` batches of `seed`, in order; identical for every trial of the seed."""
+
+    def batch_loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """Mean loss over the batch (the standard convention; parameterizations rescale lr)."""
+
+    def reference_loss(self, model: nn.Module) -> float:
+        """The loss that divergence is measured against (at initialisation) and curves record."""
+
+    def curve_loss(self, model: nn.Module, recent_batch_losses: list[float]) -> float:
+        """The train-loss value of a curve point."""
+
+    def evaluate(self, model: nn.Module) -> Metrics:
+        """Final metrics: full train and validation sets, eval mode, no grad."""
+
+    def to(self, device: torch.device) -> Task:
+        """This task with its tensors on `device`."""
+
+
+def seeded_init(builder: Any, seed: int) -> nn.Module:
+    """Build a module with the global RNG seeded to `seed`, leaving the caller's RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return builder()
+
+
+def order_generator(seed: int) -> torch.Generator:
+    """The RNG of example order (and of streamed examples): independent of the init RNG."""
+    return torch.Generator().manual_seed(1_000_003 * seed + 7919)

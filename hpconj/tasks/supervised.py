@@ -1,0 +1,146 @@
+"""Networks trained on a finite data set: `mlp`, `deep_linear`, or a user's `module:function`.
+
+Loss: cross-entropy for classes, mean squared error for regression targets; both are means over
+the batch. Example order: batches are consecutive chunks of one permutation per epoch (the
+last partial chunk is dropped, so every step sees exactly B examples).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpconj.config import Budget, DeepLinearTask, MlpTask, UserModelTask, resolve_callable
+from hpconj.tasks.base import Metrics, TaskError, order_generator, seeded_init
+from hpconj.tasks.data import Dataset
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+_EVAL_CHUNK = 8192
+
+
+def build_mlp(spec: MlpTask, input_dim: int, output_dim: int) -> nn.Module:
+    """input → `depth` × (Linear(width) → activation) → Linear(output); PyTorch default init."""
+    layers: list[nn.Module] = []
+    fan_in = input_dim
+    for _ in range(spec.depth):
+        layers += [nn.Linear(fan_in, spec.width), ACTIVATIONS[spec.activation]()]
+        fan_in = spec.width
+    layers.append(nn.Linear(fan_in, output_dim))
+    return nn.Sequential(*layers)
+
+
+def build_deep_linear(spec: DeepLinearTask, input_dim: int, output_dim: int) -> nn.Module:
+    """Saxe's deep linear network: `depth` bias-free layers, W ~ N(0, init_scale² / fan_in)."""
+    dims = [input_dim] + [spec.width] * (spec.depth - 1) + [output_dim]
+    layers = []
+    for fan_in, fan_out in zip(dims[:-1], dims[1:]):
+        layer = nn.Linear(fan_in, fan_out, bias=False)
+        nn.init.normal_(layer.weight, std=spec.init_scale / math.sqrt(fan_in))
+        layers.append(layer)
+    return nn.Sequential(*layers)
+
+
+def build_user_model(spec: UserModelTask, input_dim: int, output_dim: int) -> nn.Module:
+    """A user's `package.module:function(input_dim, output_dim, **kwargs)` returning an nn.Module."""
+    module = resolve_callable(spec.model)(input_dim, output_dim, **spec.kwargs)
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"{spec.model} must return a torch.nn.Module, got {type(module).__name__}")
+    return module
+
+
+MODEL_BUILDERS: dict[str, Callable[[Any, int, int], nn.Module]] = {
+    "mlp": build_mlp,
+    "deep_linear": build_deep_linear,
+    "package.module:function": build_user_model,
+}
+
+
+def model_builder(spec: MlpTask | DeepLinearTask | UserModelTask) -> Callable[[Any, int, int], nn.Module]:
+    if isinstance(spec, MlpTask):
+        return build_mlp
+    if isinstance(spec, DeepLinearTask):
+        return build_deep_linear
+    return build_user_model
+
+
+@dataclass(frozen=True)
+class SupervisedTask:
+    spec: MlpTask | DeepLinearTask | UserModelTask
+    data: Dataset
+    description: str
+
+    def steps(self, budget: Budget, batch_size: int) -> int:
+        if budget.steps is not None:
+            return budget.steps
+        examples = budget.examples if budget.examples is not None else round(budget.epochs * self.data.n_train)
+        return examples // batch_size
+
+    def check_batch_size(self, batch_size: int) -> None:
+        if batch_size > self.data.n_train:
+            raise TaskError(f"batch size {batch_size} exceeds the {self.data.n_train} training examples")
+
+    def init_model(self, seed: int) -> nn.Module:
+        builder = model_builder(self.spec)
+        return seeded_init(lambda: builder(self.spec, self.data.input_dim, self.data.output_dim), seed)
+
+    def batch_indices(self, seed: int, batch_size: int, steps: int) -> Iterator[torch.Tensor]:
+        """Consecutive chunks of one fresh permutation per epoch, from the seed's order RNG."""
+        gen = order_generator(seed)
+        per_epoch = self.data.n_train // batch_size
+        done = 0
+        while done < steps:
+            perm = torch.randperm(self.data.n_train, generator=gen)
+            for k in range(min(per_epoch, steps - done)):
+                yield perm[k * batch_size : (k + 1) * batch_size]
+            done += per_epoch
+
+    def batch_stream(self, seed: int, batch_size: int, steps: int, device: torch.device) -> Iterator[Any]:
+        for idx in self.batch_indices(seed, batch_size, steps):
+            idx = idx.to(device)
+            yield self.data.x_train[idx], self.data.y_train[idx]
+
+    def loss_of(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.data.classes:
+            return F.cross_entropy(output, target)
+        return F.mse_loss(output, target)
+
+    def batch_loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        x, y = batch
+        return self.loss_of(model(x), y)
+
+    @torch.no_grad()
+    def _dataset_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        total, wrong = 0.0, 0
+        for start in range(0, len(x), _EVAL_CHUNK):
+            out = model(x[start : start + _EVAL_CHUNK])
+            tgt = y[start : start + _EVAL_CHUNK]
+            total += float(self.loss_of(out, tgt)) * len(tgt)
+            if self.data.classes:
+                wrong += int((out.argmax(dim=1) != tgt).sum())
+        error = wrong / len(x) if self.data.classes else math.nan
+        return total / len(x), error
+
+    def reference_loss(self, model: nn.Module) -> float:
+        was_training = model.training
+        model.eval()
+        loss, _ = self._dataset_loss(model, self.data.x_train, self.data.y_train)
+        model.train(was_training)
+        return loss
+
+    def curve_loss(self, model: nn.Module, recent_batch_losses: list[float]) -> float:
+        return sum(recent_batch_losses) / len(recent_batch_losses)
+
+    def evaluate(self, model: nn.Module) -> Metrics:
+        model.eval()
+        train_loss, _ = self._dataset_loss(model, self.data.x_train, self.data.y_train)
+        val_loss, val_error = self._dataset_loss(model, self.data.x_val, self.data.y_val)
+        model.train()
+        return Metrics(train_loss, val_loss, val_error)
+
+    def to(self, device: torch.device) -> SupervisedTask:
+        return replace(self, data=self.data.to(device))

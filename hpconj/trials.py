@@ -1,0 +1,79 @@
+"""Trials and cohorts: the config expanded into the runs it asks for.
+
+A trial's id is a hash of exactly the fields that determine its result, in canonical form:
+task, optimizer, parameterization, lr, batch size, momentum, seed, budget, and B_ref where the
+parameterization reads it. A cohort groups trials that can be trained as one stacked
+computation: same task, batch size and budget.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import product
+from typing import Any
+
+from hpconj.config import Budget, Config, TaskSpec, stable_hash
+from hpconj.parameterizations import USES_REFERENCE_BATCH_SIZE, Hyperparameters, NativeSGD, native_settings
+
+
+@dataclass(frozen=True)
+class Trial:
+    task: TaskSpec = field(repr=False, compare=False)
+    optimizer: str
+    parameterization: str
+    lr: float
+    batch_size: int
+    momentum: float
+    seed: int
+    budget: Budget = field(repr=False)
+    reference_batch_size: int | None
+    trial_id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "trial_id", stable_hash(self.identity())[:16])
+
+    def identity(self) -> dict[str, Any]:
+        """The canonical fields hashed into the trial id."""
+        return {
+            "task": self.task.model_dump(mode="json"),
+            "optimizer": self.optimizer,
+            "parameterization": self.parameterization,
+            "lr": float(self.lr),
+            "batch_size": int(self.batch_size),
+            "momentum": float(self.momentum),
+            "seed": int(self.seed),
+            "budget": self.budget.model_dump(mode="json", exclude_none=True),
+            "reference_batch_size": self.reference_batch_size,
+        }
+
+    @property
+    def hyperparameters(self) -> Hyperparameters:
+        return Hyperparameters(self.lr, self.batch_size, self.momentum, self.optimizer, self.reference_batch_size or 1)
+
+    @property
+    def native(self) -> NativeSGD:
+        return native_settings(self.parameterization, self.hyperparameters)
+
+
+@dataclass(frozen=True)
+class Cohort:
+    batch_size: int
+    trials: tuple[Trial, ...]
+
+
+def expand_trials(config: Config) -> list[Trial]:
+    """Every trial of the sweep, in a fixed order (batch size, parameterization, β, seed, lr)."""
+    trials = []
+    for batch_size, param, momentum, seed, lr in product(
+        config.sweep.batch_size, config.parameterizations, config.sweep.momentum, config.seeds, config.lrs
+    ):
+        b_ref = config.reference_batch_size if USES_REFERENCE_BATCH_SIZE[param] else None
+        trials.append(Trial(config.task, config.optimizer, param, lr, batch_size, momentum, seed, config.budget, b_ref))
+    return trials
+
+
+def group_cohorts(trials: list[Trial]) -> list[Cohort]:
+    """Trials sharing task, batch size and budget; one config has one task and budget."""
+    by_batch: dict[int, list[Trial]] = {}
+    for trial in trials:
+        by_batch.setdefault(trial.batch_size, []).append(trial)
+    return [Cohort(b, tuple(ts)) for b, ts in sorted(by_batch.items())]
