@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hpconj.config import ConfigError, load_config
@@ -54,17 +55,17 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             if _state["debug"]:
                 raise
             for line in exc.lines:
-                err.print(f"[red]error:[/red] {line}", markup=True, highlight=False, soft_wrap=True)
+                err.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except (BadInput, TaskError, StoreError, _sweep_error()) as exc:
             if _state["debug"]:
                 raise
-            err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except Exception as exc:
             if _state["debug"]:
                 raise
-            err.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            err.print(f"[red]internal error:[/red] {type(exc).__name__}: {escape(str(exc))} (run with --debug for the traceback)",
                       highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
@@ -139,7 +140,7 @@ def sweep(
         raise typer.Exit(130)
     if outcome.failures:
         err.print(
-            f"[red]error:[/red] {len(outcome.failures)} trial(s) failed in user code, first: {outcome.failures[0]}"
+            f"[red]error:[/red] {len(outcome.failures)} trial(s) failed in user code, first: {escape(outcome.failures[0])}"
             " (recorded as failed; they run again on resume)", highlight=False, soft_wrap=True,
         )
         raise typer.Exit(2)

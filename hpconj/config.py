@@ -6,13 +6,16 @@ message names the file, the line (where known), the key path and what was expect
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import json
 import math
 import re
+import sys
+import types
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -25,6 +28,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov")
 METRICS = ("train_loss", "val_loss", "val_error")
@@ -41,6 +46,18 @@ class ConfigError(ValueError):
     def __init__(self, lines: list[str]):
         super().__init__("\n".join(lines))
         self.lines = lines
+
+
+def _keyed(key: str, reason: str) -> PydanticCustomError:
+    """An error from a model-level check about one key (a path relative to the model: 'h_min',
+    'sweep.momentum'), so that the message names that key and its line."""
+    return PydanticCustomError("keyed", "{key}: {reason}", {"key": key, "reason": reason})
+
+
+def _repeated(values: list[Any]) -> str:
+    """'values must be distinct, got [2, 4, 2] (2 repeats)'."""
+    dups = sorted({v for v in values if values.count(v) > 1}, key=str)
+    return f"values must be distinct, got {values} ({', '.join(map(repr, dups))} repeats)"
 
 
 class Record(BaseModel):
@@ -97,14 +114,17 @@ def _data_from_string(value: str) -> dict[str, Any]:
         return {"name": "file", "path": value}
     if _CALLABLE.match(value):
         return {"name": "callable", "target": value}
-    raise ValueError(
-        f"must be one of teacher | digits | mnist1d | path/to/file.npz|.csv | 'pkg.mod:fn', got {value!r}"
-    )
+    raise ValueError(f"must be one of {_DATA_CHOICES}, got {value!r}")
+
+
+_DATA_CHOICES = "teacher | digits | mnist1d | a .npz or .csv file | 'package.module:function'"
 
 
 def _parse_data(value: Any) -> Any:
     if isinstance(value, str):
         return _data_from_string(value)
+    if not isinstance(value, dict):
+        raise ValueError(f"must be one of {_DATA_CHOICES} (or a mapping with a name), got {value!r}")
     if isinstance(value, dict) and "name" in value and isinstance(value["name"], str):
         name = value["name"]
         if name not in ("teacher", "digits", "mnist1d", "file", "callable"):
@@ -172,7 +192,7 @@ class QuadraticTask(Record):
     @model_validator(mode="after")
     def _curvatures(self) -> QuadraticTask:
         if self.h_min > self.h_max:
-            raise ValueError(f"h_min ({self.h_min}) must not exceed h_max ({self.h_max})")
+            raise _keyed("h_min", f"must not exceed h_max ({self.h_max}), got {self.h_min}")
         return self
 
 
@@ -215,9 +235,10 @@ class LrLog2Range(Record):
     def _count(self) -> LrLog2Range:
         lo, hi = self.log2_range
         if lo > hi:
-            raise ValueError(f"log2_range must be [low, high], got [{lo}, {hi}]")
+            raise _keyed("log2_range", f"must be ascending (low, high), got {[lo, hi]}")
         if (self.num is None) == (self.step is None):
-            raise ValueError("give exactly one of num or step")
+            given = "both" if self.num is not None else "neither"
+            raise ValueError(f"give exactly one of num | step next to log2_range, got {given}")
         return self
 
 
@@ -230,7 +251,7 @@ class LrLogRange(Record):
     @model_validator(mode="after")
     def _order(self) -> LrLogRange:
         if self.log_range[0] > self.log_range[1]:
-            raise ValueError(f"log_range must be [low, high], got {list(self.log_range)}")
+            raise _keyed("log_range", f"must be ascending (low, high), got {list(self.log_range)}")
         return self
 
 
@@ -286,7 +307,7 @@ class Sweep(Record):
     @classmethod
     def _unique(cls, values: list[Any]) -> list[Any]:
         if len(set(values)) != len(values):
-            raise ValueError(f"values must be distinct, got {values}")
+            raise ValueError(_repeated(values))
         return sorted(values)
 
 
@@ -301,7 +322,7 @@ class Budget(Record):
     def _exactly_one(self) -> Budget:
         given = [k for k in ("epochs", "examples", "steps") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of epochs | examples | steps, got {given or 'none'}")
+            raise ValueError(f"give exactly one of epochs | examples | steps, got {', '.join(given) or 'none'}")
         return self
 
 
@@ -329,19 +350,19 @@ class Config(Record):
     @field_validator("seeds", mode="before")
     @classmethod
     def _seeds(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError(f"must be a positive integer or a list of integers, got {value!r}")
-        if isinstance(value, int):
+        if isinstance(value, int) and not isinstance(value, bool):
             if value < 1:
                 raise ValueError(f"must be a positive integer (a count) or a list of integers, got {value}")
             return list(range(value))
+        if not isinstance(value, list):
+            raise ValueError(f"must be a positive integer (a count) or a list of integers, got {value!r}")
         return value
 
     @field_validator("seeds", "parameterizations")
     @classmethod
     def _distinct(cls, values: list[Any]) -> list[Any]:
         if len(set(values)) != len(values):
-            raise ValueError(f"values must be distinct, got {values}")
+            raise ValueError(_repeated(values))
         return values
 
     @field_validator("device")
@@ -354,12 +375,15 @@ class Config(Record):
     @model_validator(mode="after")
     def _coherent(self) -> Config:
         if self.optimizer == "sgd" and any(b != 0 for b in self.sweep.momentum):
-            raise ValueError("sweep.momentum: optimizer sgd has no momentum; use optimizer: momentum")
+            raise _keyed("sweep.momentum", "optimizer sgd has no momentum: use optimizer: momentum, or "
+                         f"sweep.momentum: [0.0], got {list(self.sweep.momentum)}")
         if isinstance(self.task, QuadraticTask):
             if self.budget.epochs is not None:
-                raise ValueError("budget.epochs: the quadratic task streams fresh examples; use examples or steps")
+                raise _keyed("budget.epochs", "the quadratic task streams fresh examples and has no epochs; "
+                             "use budget.examples or budget.steps")
             if self.metric.name == "val_error":
-                raise ValueError("metric.name: the quadratic task has no classes; use train_loss or val_loss")
+                raise _keyed("metric.name", "the quadratic task has no classes, so no val_error; "
+                             "use train_loss or val_loss")
         return self
 
     @property
@@ -423,6 +447,7 @@ def load_config(path: str | Path, *, check_imports: bool = True) -> Config:
         raise ConfigError(_messages(exc, label, lines)) from None
     config = _resolve_files(config, path.parent, label, lines)
     if check_imports:
+        add_import_paths(path.parent)
         _check_callables(config, label, lines)
     return config
 
@@ -455,6 +480,11 @@ def _line_index(node: yaml.Node | None) -> dict[tuple[Any, ...], int]:
     return index
 
 
+_DATA_TAGS = ("teacher", "file", "callable", "digits", "mnist1d")
+_LR_KEYS = ("values", "log2_range", "log_range")
+_MODEL_CHOICES = "mlp | deep_linear | quadratic | 'package.module:function'"
+
+
 def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     """Drop pydantic's union tags and type names so the path matches the YAML keys."""
     out: list[Any] = []
@@ -464,7 +494,7 @@ def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
             continue
         if prev == "lr" and part in _LR_TAGS:
             continue
-        if prev == "data" and part in ("teacher", "file", "callable", "digits", "mnist1d"):
+        if prev == "data" and part in _DATA_TAGS:
             continue
         if isinstance(part, str) and ("[" in part or part.startswith("function-")):
             continue
@@ -480,7 +510,8 @@ def format_path(loc: tuple[Any, ...]) -> str:
 
 
 def _line_for(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int | None:
-    for n in range(len(loc), -1, -1):
+    """The line of the key, else of its nearest parent key; None for a top-level key not in the file."""
+    for n in range(len(loc), 0, -1):
         if loc[:n] in lines:
             return lines[loc[:n]]
     return None
@@ -491,61 +522,203 @@ def _where(label: str, loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) 
     return f"{label}:{line}" if line is not None else label
 
 
+# ----------------------------------------------------------------------------- schema look-up
+def _unwrap(node: Any, meta: list[Any]) -> tuple[Any, list[Any]]:
+    """Strip Annotated (keeping its constraints) and Optional from an annotation."""
+    while True:
+        if get_origin(node) is Annotated:
+            base, *extra = get_args(node)
+            for item in extra:
+                meta = meta + (list(item.metadata) if isinstance(item, FieldInfo) else [item])
+            node = base
+            continue
+        if get_origin(node) in (Union, types.UnionType):
+            members = [a for a in get_args(node) if a is not type(None)]
+            if len(members) == 1 and len(members) < len(get_args(node)):
+                node = members[0]
+                continue
+        return node, meta
+
+
+def _union_member(node: Any, tag: Any) -> Any | None:
+    """The member of a tagged union that pydantic names `tag` in an error location."""
+    for member in get_args(node):
+        if get_origin(member) is Annotated and any(
+            isinstance(m, Tag) and m.tag == tag for m in get_args(member)[1:]
+        ):
+            return get_args(member)[0]
+        if isinstance(member, type) and issubclass(member, BaseModel) and "name" in member.model_fields:
+            if tag in get_args(member.model_fields["name"].annotation):
+                return member
+    return None
+
+
+def _schema_at(loc: tuple[Any, ...]) -> tuple[Any, list[Any]]:
+    """The annotation at a raw pydantic error location and the constraints (Gt, Lt, ...) on it.
+
+    Returns (None, []) where the location does not lead anywhere in the schema.
+    """
+    node: Any = Config
+    meta: list[Any] = []
+    for part in loc:
+        node, meta = _unwrap(node, meta)
+        if isinstance(part, str) and ("[" in part or part.startswith("function-")):
+            continue
+        if get_origin(node) in (Union, types.UnionType):
+            member = _union_member(node, part)
+            if member is None:
+                return None, []
+            node, meta = member, []
+        elif isinstance(node, type) and issubclass(node, BaseModel):
+            field = node.model_fields.get(part) if isinstance(part, str) else None
+            if field is None:
+                return None, []
+            node, meta = field.annotation, list(field.metadata)
+        elif get_origin(node) is list and isinstance(part, int):
+            node, meta = get_args(node)[0], []
+        elif get_origin(node) is tuple and isinstance(part, int) and part < len(get_args(node)):
+            node, meta = get_args(node)[part], []
+        else:
+            return None, []
+    return _unwrap(node, meta)
+
+
+def _number(node: Any, meta: list[Any]) -> str | None:
+    """'a positive integer', 'a number >= 0 and < 1', ... for a numeric field; None otherwise."""
+    if node not in (int, float):
+        return None
+    bounds = {type(m).__name__.lower(): getattr(m, type(m).__name__.lower()) for m in meta
+              if type(m).__name__ in ("Gt", "Ge", "Lt", "Le")}
+    upper = "lt" in bounds or "le" in bounds
+    noun = "integer" if node is int else "number"
+    if not upper and (bounds.get("gt") == 0 or (node is int and bounds.get("ge") == 1)):
+        return f"a positive {noun}"
+    if not upper and bounds.get("ge") == 0 and node is int:
+        return "a non-negative integer"
+    ops = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    conds = [f"{ops[k]} {bounds[k]:g}" for k in ops if k in bounds]
+    return f"{'an integer' if node is int else 'a number'}{' ' + ' and '.join(conds) if conds else ''}"
+
+
+def _got(value: Any) -> str:
+    """', got <value>' in a short, one-line form."""
+    if isinstance(value, (dict, list, tuple)):
+        text = repr(value)
+        if len(text) > 60:
+            return f", got a {'mapping' if isinstance(value, dict) else 'list'}"
+        return f", got {text}"
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f", got {text}"
+
+
+def _choices(expected: str) -> list[str]:
+    """pydantic's "'a', 'b' or 'c'" as ['a', 'b', 'c']."""
+    return re.findall(r"'([^']*)'", expected)
+
+
 def _expected(error: dict[str, Any]) -> str:
+    """What a pydantic error means for the user: 'must be ..., got ...'."""
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
-    got = f", got {value!r}" if not isinstance(value, (dict, list)) else f", got a {type(value).__name__}"
+    node, meta = _schema_at(tuple(error["loc"]))
+    got = _got(value)
     if kind == "missing":
         return "required key is missing"
     if kind == "extra_forbidden":
         return "unknown key"
-    if kind == "greater_than" and ctx.get("gt") == 0 and isinstance(value, int) and not isinstance(value, bool):
-        return f"must be a positive integer{got}"
+    numeric = ("greater_than", "greater_than_equal", "less_than", "less_than_equal",
+               "int_type", "int_parsing", "int_from_float", "float_type", "float_parsing", "bool_type")
+    number = _number(node, meta) if kind in numeric else None
+    if number:
+        return f"must be {number}{got}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
-        bound = next(iter(ctx.values()))
-        return f"must be {op} {bound}{got}"
+        return f"must be {op} {next(iter(ctx.values()))}{got}"
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return f"must be an integer{got}"
     if kind in ("float_type", "float_parsing"):
         return f"must be a number{got}"
     if kind == "finite_number":
         return f"must be a finite number{got}"
-    if kind in ("string_type",):
+    if kind == "string_type":
         return f"must be a string{got}"
     if kind in ("list_type", "tuple_type"):
         return f"must be a list{got}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return f"must be a mapping of keys{got}"
     if kind == "literal_error":
-        return f"must be one of {ctx.get('expected', '').replace(' or ', ', ')}{got}"
+        options = _choices(ctx.get("expected", ""))
+        if len(options) == 1:
+            return f"must be {options[0]}{got}"
+        return f"must be one of {' | '.join(options)}{got}"
     if kind == "too_short":
-        return f"must have at least {ctx.get('min_length')} item(s){got}"
-    if kind in ("too_long",):
-        return f"must have exactly {ctx.get('max_length')} items{got}"
+        if ctx.get("min_length") == 1:
+            return f"must not be empty{got}"
+        return f"must have at least {ctx.get('min_length')} items{got}"
+    if kind == "too_long":
+        if get_origin(node) is tuple:
+            return f"must have exactly {len(get_args(node))} items{got}"
+        return f"must have at most {ctx.get('max_length')} items{got}"
     if kind == "string_pattern_mismatch":
         return f"must use only letters, digits, '_', '.', '-'{got}"
-    if kind in ("union_tag_invalid", "union_tag_not_found"):
-        return f"must be one of {ctx.get('expected_tags', '')}{got}"
+    if kind == "union_tag_invalid":
+        return f"must be one of {' | '.join(_choices(ctx.get('expected_tags', '')))}{got}"
     if kind == "bool_type":
         return f"must be true or false{got}"
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
-    return error["msg"][0].lower() + error["msg"][1:] + got
+    message = error["msg"]
+    message = re.sub(r"^(Input|Value) should (be|have)", r"must \2", message)
+    return message[0].lower() + message[1:] + got
+
+
+def _describe(error: dict[str, Any]) -> tuple[tuple[Any, ...], str]:
+    """The key path and message for one pydantic error."""
+    raw = tuple(error["loc"])
+    loc = _clean_loc(raw)
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    if kind == "keyed":  # a model-level check that names its key, relative to the model
+        return loc + tuple(_split_path(ctx["key"])), ctx["reason"]
+    if kind == "missing" and raw and isinstance(raw[-1], int):  # a too-short tuple
+        node, _ = _schema_at(raw[:-1])
+        parent = error.get("input")
+        size = len(get_args(node)) if get_origin(node) is tuple else raw[-1] + 1
+        return loc[:-1], f"must have exactly {size} items{_got(parent)}"
+    if kind == "task_model":
+        if not isinstance(value, dict):
+            return loc, f"must be a mapping of keys{_got(value)}"
+        if "model" not in value:
+            return loc + ("model",), f"required key is missing (one of {_MODEL_CHOICES})"
+        return loc + ("model",), f"must be one of {_MODEL_CHOICES}{_got(value['model'])}"
+    if kind == "lr_spec":
+        if isinstance(value, dict):
+            keys = ", ".join(map(str, value)) or "none"
+            return loc, f"must be a mapping with one of the keys {' | '.join(_LR_KEYS)}, got keys {keys}"
+        return loc, f"must be a mapping with one of the keys {' | '.join(_LR_KEYS)}{_got(value)}"
+    if kind == "union_tag_not_found" and loc[-1:] == ("data",):
+        return loc + ("name",), f"required key is missing (one of {' | '.join(_DATA_TAGS)})"
+    if kind == "extra_forbidden":
+        parent, _ = _schema_at(raw[:-1])
+        if parent in (LrValues, LrLog2Range, LrLogRange) and loc[-1] in _LR_KEYS:
+            return loc, f"unknown key: give only one of {' | '.join(_LR_KEYS)}"
+        return loc, f"unknown key{_allowed_hint(raw)}"
+    return loc, _expected(error)
 
 
 def _messages(exc: ValidationError, label: str, lines: dict[tuple[Any, ...], int]) -> list[str]:
+    """One line per problem: 'file:line key.path: what was expected, got what', sorted by line."""
+    described = [_describe(error) for error in exc.errors(include_url=False)]
+    # Which keys a task may have depends on its model: with a bad model name they are noise.
+    if any(loc == ("task", "model") for loc, _ in described):
+        described = [(loc, message) for loc, message in described
+                     if not (len(loc) == 2 and loc[0] == "task" and message.startswith("unknown key"))]
     out: list[tuple[int, str]] = []
     seen: set[str] = set()
-    for error in exc.errors(include_url=False):
-        loc = _clean_loc(tuple(error["loc"]))
-        message = _expected(error)
-        if error["type"] == "extra_forbidden":
-            message = f"unknown key{_allowed_hint(loc)}"
-        # A model-level check names its own key: "sweep.momentum: ..." etc.
-        if error["type"] == "value_error" and not loc:
-            key, _, rest = message.partition(": ")
-            if re.match(r"^[a-z_][\w.\[\]]*$", key) and rest:
-                loc, message = tuple(_split_path(key)), rest
+    for loc, message in described:
+        message = " ".join(str(message).split())  # always one line
+        if loc == ("name",) and loc not in lines:
+            message += " (the name defaults to the file's name; set name: in the config)"
         text = f"{_where(label, loc, lines)} {format_path(loc)}: {message}"
         if text not in seen:
             seen.add(text)
@@ -565,18 +738,19 @@ def _split_path(key: str) -> list[Any]:
 
 
 def _allowed_hint(loc: tuple[Any, ...]) -> str:
-    """List the keys allowed where an unknown key was found."""
-    parent = loc[:-1]
-    schemas: dict[tuple[Any, ...], type[BaseModel]] = {
-        (): Config,
-        ("sweep",): Sweep,
-        ("budget",): Budget,
-        ("metric",): Metric,
-    }
-    model = schemas.get(parent)
-    if model is None:
+    """Name the keys allowed where an unknown key was found (loc: pydantic's raw location)."""
+    model, _ = _schema_at(loc[:-1])
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
         return ""
-    return f" (expected one of: {', '.join(model.model_fields)})"
+    allowed = list(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+    hint = f", did you mean {close[0]}?" if close else ""
+    hint += f" (expected one of: {', '.join(allowed)})"
+    if model is UserModelTask:
+        hint += "; a user model's own arguments go under task.kwargs"
+    elif model is CallableData:
+        hint += "; the function's own arguments go under task.data.kwargs"
+    return hint
 
 
 def _resolve_files(config: Config, base: Path, label: str, lines: dict[tuple[Any, ...], int]) -> Config:
@@ -610,6 +784,14 @@ def _check_callables(config: Config, label: str, lines: dict[tuple[Any, ...], in
             resolve_callable(target)
         except ImportError as exc:
             raise ConfigError([f"{_where(label, loc, lines)} {format_path(loc)}: {exc}"]) from None
+
+
+def add_import_paths(*folders: Path) -> None:
+    """Let `module:function` targets live beside the config or in the working directory."""
+    for folder in (Path.cwd(), *folders):
+        entry = str(folder.resolve())
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
 
 
 def resolve_callable(target: str) -> Any:

@@ -1,0 +1,62 @@
+"""Shared helpers: tiny real configs (seconds to train) written to a temporary folder."""
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY: dict[str, Any] = {
+    "name": "tiny",
+    "task": {"model": "mlp", "width": 16, "depth": 1, "data": {"name": "teacher", "examples": 256, "input_dim": 8,
+                                                                 "outputs": 4}},
+    "optimizer": "momentum",
+    "parameterizations": ["standard", "conjugate"],
+    "reference_batch_size": 8,
+    "budget": {"epochs": 2},
+    "sweep": {"lr": {"values": [0.01, 0.1, 1000.0]}, "batch_size": [8, 32], "momentum": [0.0, 0.9]},
+    "seeds": 2,
+    "metric": {"name": "val_loss", "goal": "minimize"},
+    "device": "cpu",
+}
+
+
+def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and not value.get("_replace"):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy({k: v for k, v in value.items() if k != "_replace"} if isinstance(value, dict) else value)
+    return out
+
+
+@pytest.fixture
+def write_config(tmp_path: Path):
+    """write_config(name="x", **changes) → path of a YAML config derived from TINY."""
+
+    def write(filename: str = "tiny.yaml", base: dict[str, Any] | None = None, **changes: Any) -> Path:
+        data = merged(base or TINY, changes)
+        path = tmp_path / filename
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return write
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m hpconj ARGS` as a user would; return the completed process."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "hpconj", *args], cwd=cwd or ROOT, env=full_env, capture_output=True, text=True,
+        timeout=timeout,
+    )
