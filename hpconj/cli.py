@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from hpconj.config import ConfigError, load_config
+from hpconj.engine import DEFAULT_CHUNK, ENGINES
 from hpconj.store import StoreError
 from hpconj.tasks import TaskError
 
@@ -83,21 +84,6 @@ def root(debug: bool = DebugOpt) -> None:
     _state["debug"] = debug
 
 
-def set_threads(threads: int) -> int:
-    """Torch intra-op threads: explicit, since oversubscription collapses small-model throughput."""
-    import torch
-
-    n = threads if threads > 0 else default_threads()
-    torch.set_num_threads(n)
-    return n
-
-
-def default_threads() -> int:
-    # The reference engine runs one trial at a time: give it every core this process may use
-    # (2 threads were 1.3× faster than 1 on the quickstart's batch-8 trials, 2-core machine).
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-
-
 @app.command()
 @reports_errors
 def sweep(
@@ -106,31 +92,32 @@ def sweep(
     device: Optional[str] = typer.Option(None, "--device", help="Override the config: auto | cpu | cuda | cuda:N."),
     fresh: bool = typer.Option(False, "--fresh", help="Discard results already in the folder."),
     max_trials: Optional[int] = typer.Option(None, "--max-trials", min=1, help="Run at most N unfinished trials."),
-    engine: str = typer.Option("reference", "--engine", help="Training engine: reference."),
-    threads: int = typer.Option(0, "--threads", min=0, help="Torch threads [default: 0 = auto]."),
+    engine: str = typer.Option("cohort", "--engine", help="cohort (stacked, fast) | reference (one at a time)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes [default: one per core; 1 on CUDA]."),
+    threads: int = typer.Option(0, "--threads", min=0, help="Torch threads per worker [default: cores // workers]."),
+    chunk_size: int = typer.Option(DEFAULT_CHUNK, "--chunk-size", min=1, help="Most trials trained as one stack."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     debug: bool = DebugOpt,
 ) -> None:
     """Train every trial of a sweep and record it in results/<name>/."""
     from hpconj import sweep as sweeping
-    from hpconj.engine import get_engine
+    from hpconj.executor import LocalExecutor, Resources
     from hpconj.progress import SweepProgress, print_summary
 
     config = load_config(config_path)
     if device is not None:
         config = _with_device(config, device)
+    if engine not in ENGINES:
+        raise BadInput(f"--engine: must be one of {' | '.join(ENGINES)}, got {engine!r}")
     folder = out_dir if out_dir is not None else Path("results") / config.name
     torch_device = sweeping.resolve_device(config.device)
-    try:
-        chosen = get_engine(engine)
-    except ValueError as exc:
-        raise BadInput(f"--engine: {exc}") from None
-    set_threads(threads)
     task = sweeping.load_task(config)
     plan = sweeping.plan_sweep(config, task)
+    resources = Resources.choose(workers, threads, torch_device, units=len(plan.trials))
+    executor = LocalExecutor(engine, resources, chunk_size)
     with SweepProgress(err, enabled=not quiet) as progress:
         outcome = sweeping.run_sweep(
-            plan, task, folder, chosen, torch_device, fresh=fresh, max_trials=max_trials,
+            plan, task, folder, executor, torch_device, fresh=fresh, max_trials=max_trials,
             on_start=progress.start, on_result=progress.advance,
         )
     if not quiet:

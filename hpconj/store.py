@@ -100,7 +100,7 @@ class Store:
         rows = self.db.execute(f"SELECT trial_id FROM trials WHERE status IN ({marks})", DONE_STATUSES)
         return {r[0] for r in rows}
 
-    def record(self, trial: Trial, result: TrialResult, metric_name: str, engine: str, device: str) -> None:
+    def record(self, trial: Trial, result: TrialResult, engine: str, device: str) -> None:
         """Write one finished trial and its curve in a single transaction."""
         row = (
             trial.trial_id, result.status, trial.parameterization, trial.optimizer, trial.lr, trial.batch_size,

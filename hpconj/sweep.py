@@ -11,7 +11,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,7 +22,8 @@ import yaml
 
 import hpconj
 from hpconj.config import Config
-from hpconj.engine import Engine, TrialResult
+from hpconj.engine import TrialResult
+from hpconj.executor import LocalExecutor, split_units
 from hpconj.store import STORE_NAME, Store, StoreError, export_csv, write_atomic
 from hpconj.tasks import Task, TaskError, build_task
 from hpconj.trials import Cohort, Trial, expand_trials, group_cohorts
@@ -143,7 +143,7 @@ def run_sweep(
     plan: SweepPlan,
     task: Task,
     folder: Path,
-    engine: Engine,
+    executor: LocalExecutor,
     device: torch.device,
     *,
     fresh: bool = False,
@@ -151,7 +151,7 @@ def run_sweep(
     on_start: Callable[[int, int], None] | None = None,
     on_result: Callable[[Trial, TrialResult], None] | None = None,
 ) -> SweepOutcome:
-    """Run every unfinished trial of `plan`, recording each one as soon as it ends."""
+    """Run every unfinished trial of `plan`, recording each one as soon as it comes back."""
     config = plan.config
     store = open_results(config, folder, fresh)
     started = _now()
@@ -159,35 +159,30 @@ def run_sweep(
     todo = [t for t in plan.trials if t.trial_id not in done]
     if max_trials is not None:
         todo = todo[:max_trials]
-    outcome = SweepOutcome(folder, total=len(plan.trials), skipped=len(plan.trials) - len(todo) - 0)
-    outcome.skipped = sum(1 for t in plan.trials if t.trial_id in done)
+    outcome = SweepOutcome(folder, total=len(plan.trials), skipped=sum(1 for t in plan.trials if t.trial_id in done))
+    units = split_units(plan.cohorts, {t.trial_id for t in todo}, executor.chunk_size, executor.resources.workers)
+    by_id = {t.trial_id: t for t in todo}
     write_atomic(folder / "config.yaml", yaml.safe_dump(config.canonical(), sort_keys=False))
-    write_manifest(folder, config, store, engine.name, device, started, None, "running")
+    write_manifest(folder, config, store, executor, device, started, None, "running")
     if on_start is not None:
         on_start(len(plan.trials), outcome.skipped)
-    device_task = task.to(device)
-    todo_ids = {t.trial_id for t in todo}
     try:
-        for cohort in plan.cohorts:
-            trials = [t for t in cohort.trials if t.trial_id in todo_ids]
-            if not trials:
-                continue
-            by_id = {t.trial_id: t for t in trials}
-            for result in engine.run(device_task, trials, device):
-                trial = by_id[result.trial_id]
-                store.record(trial, result, config.metric.name, engine.name, str(device))
-                outcome.ran += 1
-                if result.status == "failed":
-                    outcome.failures.append(f"trial {trial.trial_id} (lr={trial.lr:g}, B={trial.batch_size}): {result.error}")
-                if on_result is not None:
-                    on_result(trial, result)
+        for result in executor.run(task.to(device), config.task, units, device):
+            trial = by_id[result.trial_id]
+            store.record(trial, result, executor.engine_name, str(device))
+            outcome.ran += 1
+            if result.status == "failed":
+                outcome.failures.append(f"trial {trial.trial_id} (lr={trial.lr:g}, B={trial.batch_size}): {result.error}")
+            if on_result is not None:
+                on_result(trial, result)
     except KeyboardInterrupt:
         outcome.interrupted = True
     finally:
         outcome.counts = store.counts()
         export_csv(store, folder, config.metric.name)
-        status = "interrupted" if outcome.interrupted else ("partial" if max_trials is not None and len(store.finished_ids()) < len(plan.trials) else "complete")
-        write_manifest(folder, config, store, engine.name, device, started, _now(), status)
+        finished = len(store.finished_ids() & {t.trial_id for t in plan.trials})
+        status = "interrupted" if outcome.interrupted else ("complete" if finished == len(plan.trials) else "partial")
+        write_manifest(folder, config, store, executor, device, started, _now(), status)
         store.close()
     return outcome
 
@@ -212,7 +207,7 @@ def git_state(cwd: Path) -> dict[str, Any]:
 
 
 def write_manifest(
-    folder: Path, config: Config, store: Store, engine: str, device: torch.device,
+    folder: Path, config: Config, store: Store, executor: LocalExecutor, device: torch.device,
     started: str, ended: str | None, status: str,
 ) -> None:
     manifest = {
@@ -223,8 +218,10 @@ def write_manifest(
         "machine": platform.machine(),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "torch_threads": torch.get_num_threads(),
-        "engine": engine,
+        "engine": executor.engine_name,
+        "workers": executor.resources.workers,
+        "threads_per_worker": executor.resources.threads,
+        "chunk_size": executor.chunk_size,
         "git": git_state(Path.cwd()),
         "config_hash": config.config_hash(),
         "experiment_key": config.experiment_key(),
@@ -237,6 +234,3 @@ def write_manifest(
     }
     write_atomic(folder / "manifest.json", json.dumps(manifest, indent=2) + "\n")
 
-
-def tidy_time(seconds: float) -> str:
-    return time.strftime("%H:%M:%S", time.gmtime(seconds))

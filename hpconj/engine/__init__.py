@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 from hpconj.engine.base import Engine, TrialResult
+from hpconj.engine.cohort import DEFAULT_CHUNK, CohortEngine
 from hpconj.engine.reference import ReferenceEngine
 
-ENGINES: dict[str, type] = {"reference": ReferenceEngine}
+ENGINES: dict[str, type] = {"cohort": CohortEngine, "reference": ReferenceEngine}
 
-__all__ = ["ENGINES", "Engine", "TrialResult", "get_engine"]
+__all__ = ["DEFAULT_CHUNK", "ENGINES", "Engine", "TrialResult", "get_engine"]
 
 
-def get_engine(name: str) -> Engine:
-    try:
-        return ENGINES[name]()
-    except KeyError:
-        raise ValueError(f"unknown engine {name!r}; known: {', '.join(ENGINES)}") from None
+def get_engine(name: str, chunk_size: int = DEFAULT_CHUNK) -> Engine:
+    if name == "cohort":
+        return CohortEngine(chunk_size)
+    if name == "reference":
+        return ReferenceEngine()
+    raise ValueError(f"unknown engine {name!r}; known: {', '.join(ENGINES)}")

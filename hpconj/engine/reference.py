@@ -47,7 +47,7 @@ def _train(task: Task, trial: Trial, device: torch.device, steps: int, start: fl
     initial = task.reference_loss(model)
     record_at = curve_steps(steps)
     curve = [CurvePoint(0, 0, initial)]
-    recent: list[float] = []
+    recent_sum, last_record = 0.0, 0  # float64 running sum: the cohort engine sums the same way
     status, done = "ok", 0
     for batch in task.batch_stream(trial.seed, trial.batch_size, steps, device):
         optimizer.zero_grad(set_to_none=True)
@@ -56,14 +56,14 @@ def _train(task: Task, trial: Trial, device: torch.device, steps: int, start: fl
         optimizer.step()
         done += 1
         value = loss.item()
-        recent.append(value)
+        recent_sum += value
         if not math.isfinite(value):
             status = "diverged"
             break
         if done in record_at:
-            point = task.curve_loss(model, recent)
+            point = task.curve_loss(model, recent_sum / (done - last_record))
             curve.append(CurvePoint(done, done * trial.batch_size, point))
-            recent = []
+            recent_sum, last_record = 0.0, done
             if is_diverged(point, initial):
                 status = "diverged"
                 break

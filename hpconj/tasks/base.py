@@ -46,8 +46,11 @@ class Task(Protocol):
     def reference_loss(self, model: nn.Module) -> float:
         """The loss that divergence is measured against (at initialisation) and curves record."""
 
-    def curve_loss(self, model: nn.Module, recent_batch_losses: list[float]) -> float:
-        """The train-loss value of a curve point."""
+    curve_needs_model: bool
+    """Whether `curve_loss` reads the model (else it returns the mean batch loss it is given)."""
+
+    def curve_loss(self, model: nn.Module, mean_batch_loss: float) -> float:
+        """The train-loss value of a curve point, given the mean batch loss since the last one."""
 
     def evaluate(self, model: nn.Module) -> Metrics:
         """Final metrics: full train and validation sets, eval mode, no grad."""

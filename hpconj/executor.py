@@ -1,0 +1,123 @@
+"""Where work units run: in this process, or in N worker processes on this machine.
+
+A work unit is one chunk of a cohort (trials of one batch size). Workers only compute; the
+main process alone writes the store, one transaction per trial, so resume and integrity do not
+depend on how the work was spread. Torch threads are set so that workers × threads ≤ cores:
+oversubscribed threads collapse the throughput of small models.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+
+import torch
+
+from hpconj.config import TaskSpec
+from hpconj.engine import TrialResult, get_engine
+from hpconj.tasks import Task, build_task
+from hpconj.trials import Cohort, Trial
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    batch_size: int
+    trials: tuple[Trial, ...]
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def split_units(cohorts: Sequence[Cohort], todo: set[str], chunk_size: int, workers: int) -> list[WorkUnit]:
+    """Chunks of at most `chunk_size` unfinished trials; with several workers, each cohort is cut
+    into at least `workers` pieces so that no worker waits while another has a whole cohort."""
+    units = []
+    for cohort in cohorts:
+        trials = [t for t in cohort.trials if t.trial_id in todo]
+        if not trials:
+            continue
+        size = min(chunk_size, max(1, math.ceil(len(trials) / workers)))
+        for start in range(0, len(trials), size):
+            units.append(WorkUnit(cohort.batch_size, tuple(trials[start : start + size])))
+    # Largest cost first (small batches take the most steps), so the tail of the run is short.
+    return sorted(units, key=lambda u: -len(u.trials) / u.batch_size)
+
+
+@dataclass(frozen=True)
+class Resources:
+    workers: int
+    threads: int
+
+    @classmethod
+    def choose(cls, workers: int | None, threads: int | None, device: torch.device, units: int) -> Resources:
+        """Defaults: one worker per core (one on a GPU), and cores // workers threads each."""
+        cores = usable_cores()
+        if workers is None:
+            workers = 1 if device.type == "cuda" else cores
+        workers = max(1, min(workers, max(units, 1)))
+        if threads is None or threads <= 0:
+            threads = max(1, cores // workers)
+        return cls(workers, threads)
+
+
+class LocalExecutor:
+    """Runs work units in this process (1 worker) or in a pool of spawned worker processes."""
+
+    def __init__(self, engine: str, resources: Resources, chunk_size: int):
+        self.engine_name = engine
+        self.resources = resources
+        self.chunk_size = chunk_size
+
+    def run(self, task: Task, spec: TaskSpec, units: list[WorkUnit], device: torch.device) -> Iterator[TrialResult]:
+        if self.resources.workers == 1:
+            torch.set_num_threads(self.resources.threads)
+            engine = get_engine(self.engine_name, chunk_size=self.chunk_size)
+            for unit in units:
+                yield from engine.run(task, unit.trials, device)
+            return
+        context = multiprocessing.get_context("spawn")  # fork after torch has started threads can hang
+        pool = ProcessPoolExecutor(
+            max_workers=self.resources.workers, mp_context=context, initializer=_init_worker,
+            initargs=(self.resources.threads,),
+        )
+        try:
+            pending: set[Future] = {
+                pool.submit(_run_unit, self.engine_name, self.chunk_size, spec, unit, str(device)) for unit in units
+            }
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield from future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+_TASKS: dict[str, Task] = {}
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose sweep was killed (even with SIGKILL) stops instead of computing on."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _run_unit(engine_name: str, chunk_size: int, spec: TaskSpec, unit: WorkUnit, device: str) -> list[TrialResult]:
+    """In a worker: build (once) and train one unit; results go back to the main process."""
+    key = spec.model_dump_json()
+    where = torch.device(device)
+    if key not in _TASKS:
+        _TASKS[key] = build_task(spec).to(where)
+    engine = get_engine(engine_name, chunk_size=chunk_size)
+    return list(engine.run(_TASKS[key], unit.trials, where))
