@@ -21,5 +21,8 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+bench: setup
+	$(BIN)/python benchmarks/engine.py
+
 clean:
 	rm -rf $(VENV) results/quickstart

@@ -58,7 +58,7 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             for line in exc.lines:
                 err.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
-        except (BadInput, TaskError, StoreError, _sweep_error()) as exc:
+        except (BadInput, TaskError, StoreError, _sweep_error(), _report_error()) as exc:
             if _state["debug"]:
                 raise
             err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
@@ -77,6 +77,12 @@ def _sweep_error() -> type[Exception]:
     from hpconj.sweep import SweepError
 
     return SweepError
+
+
+def _report_error() -> type[Exception]:
+    from hpconj.report import ReportError
+
+    return ReportError
 
 
 @app.callback()
@@ -114,8 +120,7 @@ def sweep(
     task = sweeping.load_task(config)
     plan = sweeping.plan_sweep(config, task)
     resources = Resources.choose(workers, threads, torch_device, units=len(plan.trials))
-    executor = LocalExecutor(engine, resources, chunk_size)
-    with SweepProgress(err, enabled=not quiet) as progress:
+    with LocalExecutor(engine, resources, chunk_size) as executor, SweepProgress(err, enabled=not quiet) as progress:
         outcome = sweeping.run_sweep(
             plan, task, folder, executor, torch_device, fresh=fresh, max_trials=max_trials,
             on_start=progress.start, on_result=progress.advance,
@@ -211,6 +216,70 @@ def tasks(debug: bool = DebugOpt) -> None:
     for name, fn in PARAMETERIZATIONS.items():
         table.add_row("parameterization", name, (fn.__doc__ or "").strip().splitlines()[0])
     out.print(table)
+
+
+FoldersArg = typer.Argument(..., help="Results folders (a parent folder means every sweep inside it).",
+                            show_default=False)
+
+
+@app.command()
+@reports_errors
+def plot(folders: list[Path] = FoldersArg, debug: bool = DebugOpt) -> None:
+    """Compute optima, shifts and regret; write optima.csv, shifts.csv, summary.md and plots/."""
+    from hpconj.plots import write_figures
+    from hpconj.report import analyse, load_results, result_folders, write_tables
+
+    for folder in result_folders(folders):
+        frames = analyse(load_results(folder))
+        written = write_tables(frames, folder) + write_figures(frames, folder)
+        print_report(frames)
+        out.print(f"wrote {len(written)} files in {folder}/ (optima.csv, shifts.csv, summary.md, plots/)",
+                  highlight=False)
+
+
+@app.command()
+@reports_errors
+def table(folders: list[Path] = FoldersArg, debug: bool = DebugOpt) -> None:
+    """Print the optima and shifts tables of results folders, without drawing or writing."""
+    from hpconj.report import analyse, load_results, result_folders
+
+    for folder in result_folders(folders):
+        print_report(analyse(load_results(folder)))
+
+
+def print_report(frames: Any) -> None:
+    """The optima and shifts as rich tables, then one sentence per parameterization."""
+    import numpy as np
+
+    from hpconj.analysis import shift_sentences
+
+    meta = frames.meta
+    optimum = Table(title=f"{meta['name']}: optimal lr per slice ({meta['task']}, {meta['optimizer']}, "
+                          f"{meta['budget']}, {meta['metric']})")
+    for column in ("parameterization", "B", "β", "log2 lr*", "95% interval", "metric", "seeds"):
+        optimum.add_column(column, justify="left" if column == "parameterization" else "right")
+    for _, r in frames.optima.iterrows():
+        if not np.isfinite(r["log2_lr_opt"]):
+            optimum.add_row(r["parameterization"], str(r["batch_size"]), f"{r['momentum']:g}", "all diverged", "", "",
+                            str(r["n_seeds"]))
+            continue
+        edge = " (edge)" if r["at_edge"] else ""
+        optimum.add_row(r["parameterization"], str(r["batch_size"]), f"{r['momentum']:g}",
+                        f"{r['log2_lr_opt']:.2f}{edge}", f"[{np.log2(r['lr_lo']):.2f}, {np.log2(r['lr_hi']):.2f}]",
+                        f"{r['metric_opt']:.4g}", str(r["n_seeds"]))
+    out.print(optimum)
+    shift = Table(title="shift of log2 lr* (slope vs log2 B or log2(1 − β); regret of reusing the reference lr)")
+    for column in ("parameterization", "axis", "at", "slope", "95% interval", "octaves", "regret max", "edge"):
+        shift.add_column(column, justify="left" if column in ("parameterization", "axis", "at") else "right")
+    for _, r in frames.shifts.iterrows():
+        regret = "diverges" if np.isinf(r["regret_max"]) else (
+            "–" if not np.isfinite(r["regret_max"]) else f"{100 * r['regret_max']:.0f}%")
+        shift.add_row(r["parameterization"], r["axis"], r["fixed"], f"{r['slope']:.2f}",
+                      f"[{r['slope_lo']:.2f}, {r['slope_hi']:.2f}]", f"{r['shift_octaves']:+.2f}", regret,
+                      str(r["n_edge"]))
+    out.print(shift)
+    for sentence in shift_sentences(frames.shifts, frames.optima):
+        out.print(sentence.replace("**", ""), highlight=False)
 
 
 def main() -> None:

@@ -67,12 +67,37 @@ class Resources:
 
 
 class LocalExecutor:
-    """Runs work units in this process (1 worker) or in a pool of spawned worker processes."""
+    """Runs work units in this process (1 worker) or in a pool of spawned worker processes.
+
+    Use it as a context manager: the pool starts once (each worker imports torch and builds
+    the task once, a few seconds) and serves every `run` until the block ends.
+    """
 
     def __init__(self, engine: str, resources: Resources, chunk_size: int):
         self.engine_name = engine
         self.resources = resources
         self.chunk_size = chunk_size
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _workers(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            context = multiprocessing.get_context("spawn")  # fork after torch has started threads can hang
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.resources.workers, mp_context=context, initializer=_init_worker,
+                initargs=(self.resources.threads,),
+            )
+        return self._pool
 
     def run(self, task: Task, spec: TaskSpec, units: list[WorkUnit], device: torch.device) -> Iterator[TrialResult]:
         if self.resources.workers == 1:
@@ -81,21 +106,24 @@ class LocalExecutor:
             for unit in units:
                 yield from engine.run(task, unit.trials, device)
             return
-        context = multiprocessing.get_context("spawn")  # fork after torch has started threads can hang
-        pool = ProcessPoolExecutor(
-            max_workers=self.resources.workers, mp_context=context, initializer=_init_worker,
-            initargs=(self.resources.threads,),
-        )
+        pool = self._workers()
+        pending: set[Future] = {
+            pool.submit(_run_unit, self.engine_name, self.chunk_size, spec, unit, str(device)) for unit in units
+        }
         try:
-            pending: set[Future] = {
-                pool.submit(_run_unit, self.engine_name, self.chunk_size, spec, unit, str(device)) for unit in units
-            }
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     yield from future.result()
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            for future in pending:
+                future.cancel()
+
+    def warm_up(self, spec: TaskSpec, device: torch.device) -> None:
+        """Start the workers and build the task in each (for benchmarks that time the work alone)."""
+        if self.resources.workers > 1:
+            pool = self._workers()
+            list(pool.map(_build_task, [spec] * self.resources.workers, [str(device)] * self.resources.workers))
 
 
 _TASKS: dict[str, Task] = {}
@@ -113,11 +141,15 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _run_unit(engine_name: str, chunk_size: int, spec: TaskSpec, unit: WorkUnit, device: str) -> list[TrialResult]:
-    """In a worker: build (once) and train one unit; results go back to the main process."""
-    key = spec.model_dump_json()
-    where = torch.device(device)
+def _build_task(spec: TaskSpec, device: str) -> Task:
+    key = f"{spec.model_dump_json()}@{device}"
     if key not in _TASKS:
-        _TASKS[key] = build_task(spec).to(where)
+        _TASKS[key] = build_task(spec).to(torch.device(device))
+        time.sleep(0.2)  # so that warm_up's calls spread over all workers
+    return _TASKS[key]
+
+
+def _run_unit(engine_name: str, chunk_size: int, spec: TaskSpec, unit: WorkUnit, device: str) -> list[TrialResult]:
+    """In a worker: build the task (once) and train one unit; results go back to the main process."""
     engine = get_engine(engine_name, chunk_size=chunk_size)
-    return list(engine.run(_TASKS[key], unit.trials, where))
+    return list(engine.run(_build_task(spec, device), unit.trials, torch.device(device)))

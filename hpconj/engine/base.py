@@ -71,8 +71,12 @@ def is_diverged(loss: float, initial: float) -> bool:
 
 def params_digest(model: nn.Module) -> str:
     """sha256 of the final parameters' bytes: equal digests mean bit-identical trials."""
+    return tensors_digest(model.state_dict())
+
+
+def tensors_digest(named: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(named.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]

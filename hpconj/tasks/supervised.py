@@ -114,21 +114,27 @@ class SupervisedTask:
         return self.loss_of(model(x), y)
 
     @torch.no_grad()
-    def _dataset_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        total, wrong = 0.0, 0
+    def _dataset_losses(self, outputs: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                        trials: int) -> list[tuple[float, float]]:
+        """Mean loss and error rate of each of `trials` models over a whole data set.
+
+        outputs(chunk) → [trials, len(chunk), C]; chunks of _EVAL_CHUNK examples bound memory.
+        One reduction for both engines, so their metrics agree to the bit.
+        """
+        totals, wrong = [0.0] * trials, [0] * trials
         for start in range(0, len(x), _EVAL_CHUNK):
-            out = model(x[start : start + _EVAL_CHUNK])
+            out = outputs(x[start : start + _EVAL_CHUNK])
             tgt = y[start : start + _EVAL_CHUNK]
-            total += float(self.loss_of(out, tgt)) * len(tgt)
-            if self.data.classes:
-                wrong += int((out.argmax(dim=1) != tgt).sum())
-        error = wrong / len(x) if self.data.classes else math.nan
-        return total / len(x), error
+            for k in range(trials):
+                totals[k] += float(self.loss_of(out[k], tgt)) * len(tgt)
+                if self.data.classes:
+                    wrong[k] += int((out[k].argmax(dim=1) != tgt).sum())
+        return [(totals[k] / len(x), wrong[k] / len(x) if self.data.classes else math.nan) for k in range(trials)]
 
     def reference_loss(self, model: nn.Module) -> float:
         was_training = model.training
         model.eval()
-        loss, _ = self._dataset_loss(model, self.data.x_train, self.data.y_train)
+        ((loss, _),) = self._dataset_losses(lambda b: model(b).unsqueeze(0), self.data.x_train, self.data.y_train, 1)
         model.train(was_training)
         return loss
 
@@ -139,10 +145,15 @@ class SupervisedTask:
 
     def evaluate(self, model: nn.Module) -> Metrics:
         model.eval()
-        train_loss, _ = self._dataset_loss(model, self.data.x_train, self.data.y_train)
-        val_loss, val_error = self._dataset_loss(model, self.data.x_val, self.data.y_val)
+        (metrics,) = self.evaluate_outputs(lambda b: model(b).unsqueeze(0), 1)
         model.train()
-        return Metrics(train_loss, val_loss, val_error)
+        return metrics
+
+    def evaluate_outputs(self, outputs: Callable[[torch.Tensor], torch.Tensor], trials: int) -> list[Metrics]:
+        """Final metrics of `trials` models at once, given outputs(x) → [trials, len(x), C]."""
+        train = self._dataset_losses(outputs, self.data.x_train, self.data.y_train, trials)
+        val = self._dataset_losses(outputs, self.data.x_val, self.data.y_val, trials)
+        return [Metrics(t[0], v[0], v[1]) for t, v in zip(train, val)]
 
     def to(self, device: torch.device) -> SupervisedTask:
         return replace(self, data=self.data.to(device))

@@ -1,0 +1,167 @@
+"""Hand-written stacked forward and backward for the built-in networks (mlp, deep_linear).
+
+torch.func's vmap(grad(...)) works for any model but costs milliseconds of Python per step,
+which dominates small models. For the built-in networks this module computes the same
+gradients with a handful of batched kernels, op for op as autograd does for one trial, so the
+weights stay bit-identical to torch.optim.SGD on a single model (tested):
+
+    forward, layer l:   z_l = b_l + h_{l−1}·W_lᵀ          (baddbmm; addmm in the reference)
+                        h_l = act(z_l)
+    loss:               cross-entropy: log_softmax over rows, mean over the batch of −log p[y]
+                        regression:    mean over batch and outputs of (z − y)²
+    backward:           G = ∂loss/∂z_L  (aten's own log_softmax / mse backward formulas)
+                        ∂W_l = Gᵀ·h_{l−1}   ∂b_l = Σ_batch G   G ← act'(z_{l−1}) ⊙ (G·W_l)
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+aten = torch.ops.aten
+
+_ACTIVATIONS: dict[type, str] = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.GELU: "gelu"}
+
+
+@dataclass(frozen=True)
+class Layer:
+    weight: str  # parameter name, e.g. "model.0.weight"
+    bias: str | None
+    activation: str | None  # applied after this layer
+
+
+def layer_plan(model: nn.Module, prefix: str = "model.") -> list[Layer] | None:
+    """The layers of a plain Sequential of Linear and ReLU/Tanh/GELU, or None if it is anything else."""
+    if type(model) is not nn.Sequential:
+        return None
+    layers: list[Layer] = []
+    for index, module in enumerate(model):
+        if type(module) is nn.Linear:
+            bias = f"{prefix}{index}.bias" if module.bias is not None else None
+            layers.append(Layer(f"{prefix}{index}.weight", bias, None))
+        elif type(module) in _ACTIVATIONS and layers and layers[-1].activation is None:
+            if type(module) is nn.GELU and module.approximate != "none":
+                return None
+            last = layers[-1]
+            layers[-1] = Layer(last.weight, last.bias, _ACTIVATIONS[type(module)])
+        else:
+            return None
+    if not layers or layers[-1].activation is not None:
+        return None
+    return layers
+
+
+def _act(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    return {"relu": torch.relu, "tanh": torch.tanh, "gelu": F.gelu}[name]
+
+
+def _act_backward(name: str, grad: torch.Tensor, pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
+    # The formulas autograd uses for each (relu and tanh from the output, gelu from the input).
+    if name == "relu":
+        return aten.threshold_backward(grad, post, 0)
+    if name == "tanh":
+        return aten.tanh_backward(grad, post)
+    return aten.gelu_backward(grad, pre)
+
+
+@dataclass(frozen=True)
+class SeedGroups:
+    """Trials that share a batch (one seed) sit in consecutive rows: (first, end) per seed, with
+    that seed's inputs [B, d]. The first layer of a whole group is then one large GEMM,
+    x·[W_a; …; W_b]ᵀ, instead of b − a small ones — bit-identical per output element (tested)."""
+
+    inputs: tuple[torch.Tensor, ...]
+    bounds: tuple[tuple[int, int], ...]
+
+
+def _first_layer(layer: Layer, params: dict[str, torch.Tensor], groups: SeedGroups) -> torch.Tensor:
+    """z₁ [K, B, out] (a transposed view of a [B, K, out] buffer) from each group's shared inputs."""
+    weight = params[layer.weight]
+    k, out_dim, in_dim = weight.shape
+    parts = []
+    for x, (a, b) in zip(groups.inputs, groups.bounds):
+        w = weight[a:b].reshape((b - a) * out_dim, in_dim).t()
+        z = torch.addmm(params[layer.bias][a:b].reshape(-1), x, w) if layer.bias is not None else torch.mm(x, w)
+        parts.append(z.view(x.shape[0], b - a, out_dim))
+    # contiguous [K, B, out]: later reductions over the batch then run in the reference's order
+    return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)).transpose(0, 1).contiguous()
+
+
+def _first_layer_weight_grad(layer: Layer, grad: torch.Tensor, groups: SeedGroups,
+                             out: dict[str, torch.Tensor]) -> None:
+    """∂W₁ of each group as one GEMM: [B, n·out]ᵀ·x → [n·out, in], written into `out`."""
+    target = out[layer.weight]
+    k, out_dim, in_dim = target.shape
+    for x, (a, b) in zip(groups.inputs, groups.bounds):
+        g = grad[a:b].transpose(0, 1).reshape(x.shape[0], (b - a) * out_dim)
+        torch.mm(g.t(), x, out=target[a:b].view((b - a) * out_dim, in_dim))
+
+
+def stacked_loss_and_grads(
+    layers: list[Layer], params: dict[str, torch.Tensor], groups: SeedGroups, y: torch.Tensor, classes: int,
+    out: dict[str, torch.Tensor],
+) -> torch.Tensor:
+    """Batch-mean losses [K] of the stacked trials; their gradients go into `out` [K, ...]."""
+    k, batch = y.shape[0], y.shape[1]
+    inputs, pres, posts = [], [], []
+    h = None
+    for index, layer in enumerate(layers):
+        weight = params[layer.weight]
+        inputs.append(h)
+        if index == 0:
+            z = _first_layer(layer, params, groups)
+        elif layer.bias is not None:
+            z = torch.baddbmm(params[layer.bias].unsqueeze(1), h, weight.transpose(1, 2))
+        else:
+            z = torch.bmm(h, weight.transpose(1, 2))
+        pres.append(z)
+        h = _act(layer.activation)(z) if layer.activation else z
+        posts.append(h)
+    logits = h
+    outputs = logits.shape[-1]
+    if classes:
+        logp = torch.log_softmax(logits.reshape(k * batch, outputs), 1)
+        picked = logp.gather(1, y.reshape(-1, 1))
+        losses = -picked.reshape(k, batch).mean(1)
+        # nll_loss backward (mean): −1/B at each target (B as float32, like its total_weight)
+        seed = torch.zeros_like(logp)
+        per_target = (torch.tensor(-1.0, device=y.device) / torch.tensor(float(batch), device=y.device))
+        seed.scatter_(1, y.reshape(-1, 1), per_target.expand(k * batch, 1).contiguous())
+        grad = aten._log_softmax_backward_data(seed, logp, 1, torch.float32).reshape(k, batch, outputs)
+    else:
+        diff = logits - y
+        losses = (diff * diff).mean((1, 2))
+        # mse_loss backward (mean): 2/numel · (z − y) · 1, numel of one trial's batch
+        grad = diff.mul(2.0 / (batch * outputs)).mul_(1.0)
+    for index in range(len(layers) - 1, -1, -1):
+        layer = layers[index]
+        if index == 0:
+            _first_layer_weight_grad(layer, grad, groups, out)
+        else:
+            torch.bmm(grad.transpose(1, 2), inputs[index], out=out[layer.weight])
+        if layer.bias is not None:
+            torch.sum(grad, 1, out=out[layer.bias])
+        if index > 0:
+            grad = torch.bmm(grad, params[layer.weight])
+            below = layers[index - 1]
+            if below.activation:
+                grad = _act_backward(below.activation, grad, pres[index - 1], posts[index - 1])
+    return losses
+
+
+def stacked_logits(layers: list[Layer], params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Outputs [K, N, C] of every trial on the same inputs x [N, d] (forward only)."""
+    k = next(iter(params.values())).shape[0]
+    h = x.unsqueeze(0).expand(k, *x.shape)
+    for layer in layers:
+        weight = params[layer.weight]
+        if layer.bias is not None:
+            h = torch.baddbmm(params[layer.bias].unsqueeze(1), h, weight.transpose(1, 2))
+        else:
+            h = torch.bmm(h, weight.transpose(1, 2))
+        if layer.activation:
+            h = _act(layer.activation)(h)
+    return h
