@@ -198,3 +198,15 @@ def test_console_script_and_module_agree():
     assert script.exists()
     proc = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "sweep" in proc.stdout
+
+
+def test_user_model_that_raises_when_built_is_bad_input(write_config, tmp_path):
+    (tmp_path / "broken.py").write_text("def build(input_dim, output_dim):\n    raise ValueError('width must be even')\n")
+    config = write_config(task={"_replace": True, "model": "broken:build", "data": "teacher"})
+    for command in ("validate", "sweep"):
+        proc = run_cli(command, str(config), "--out", str(tmp_path / "r"), cwd=tmp_path) if command == "sweep" \
+            else run_cli(command, str(config), cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "broken:build raised ValueError: width must be even" in lines[0]
+        assert "Traceback" not in proc.stderr
