@@ -60,3 +60,24 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
         [sys.executable, "-m", "hpconj", *args], cwd=cwd or ROOT, env=full_env, capture_output=True, text=True,
         timeout=timeout,
     )
+
+
+# A user model that works on batches of 8 and raises on batches of 32 (failure tests).
+FRAGILE_MODEL = """
+from torch import nn
+
+
+class Fragile(nn.Module):
+    def __init__(self, i, o):
+        super().__init__()
+        self.layer = nn.Linear(i, o)
+
+    def forward(self, x):
+        if x.shape[0] == 32:
+            raise RuntimeError("cannot take 32 examples")
+        return self.layer(x)
+
+
+def build(input_dim, output_dim):
+    return Fragile(input_dim, output_dim)
+"""

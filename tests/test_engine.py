@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import math
-import textwrap
 
 import torch
 
+from conftest import FRAGILE_MODEL
 from hpconj.config import load_config
 from hpconj.engine.base import CURVE_POINTS
 from hpconj.engine.reference import train_trial
@@ -80,22 +80,7 @@ def test_curve_has_about_fifty_points_and_starts_at_initial_loss(write_config):
 
 
 def test_user_model_that_raises_is_a_failed_trial(write_config, tmp_path, monkeypatch):
-    (tmp_path / "fragile.py").write_text(textwrap.dedent("""
-        from torch import nn
-
-        class Fragile(nn.Module):
-            def __init__(self, i, o):
-                super().__init__()
-                self.layer = nn.Linear(i, o)
-
-            def forward(self, x):
-                if x.shape[0] == 32:
-                    raise RuntimeError("cannot take 32 examples")
-                return self.layer(x)
-
-        def build(input_dim, output_dim):
-            return Fragile(input_dim, output_dim)
-    """))
+    (tmp_path / "fragile.py").write_text(FRAGILE_MODEL)
     monkeypatch.syspath_prepend(str(tmp_path))
     config = load_config(write_config(task={"model": "fragile:build", "_replace": True,
                                             "data": {"name": "teacher", "examples": 256}}))

@@ -8,14 +8,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from conftest import ROOT, run_cli
+from conftest import FRAGILE_MODEL, ROOT, run_cli
 
 REQUIRED_COLUMNS = [
     "trial_id", "status", "parameterization", "optimizer", "lr", "batch_size", "momentum", "seed", "train_loss",
@@ -125,22 +124,7 @@ def test_added_lr_values_and_seeds_extend_a_folder(write_config, tmp_path):
 
 
 def test_failing_user_model_is_recorded_and_reported(write_config, tmp_path):
-    (tmp_path / "fragile.py").write_text(textwrap.dedent("""
-        from torch import nn
-
-        class Fragile(nn.Module):
-            def __init__(self, i, o):
-                super().__init__()
-                self.layer = nn.Linear(i, o)
-
-            def forward(self, x):
-                if x.shape[0] == 32:
-                    raise RuntimeError("cannot take 32 examples")
-                return self.layer(x)
-
-        def build(input_dim, output_dim):
-            return Fragile(input_dim, output_dim)
-    """))
+    (tmp_path / "fragile.py").write_text(FRAGILE_MODEL)
     config = write_config(task={"_replace": True, "model": "fragile:build", "data": "teacher"})
     out = tmp_path / "res"
     proc = run_cli("sweep", str(config), "--out", str(out), "--quiet", cwd=tmp_path)
