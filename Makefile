@@ -17,6 +17,7 @@ setup: $(STAMP)
 
 demo: setup
 	$(BIN)/hpconj sweep configs/quickstart.yaml
+	$(BIN)/hpconj plot results/quickstart
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -1,23 +1,241 @@
-"""Analysis of recorded trials: tidy DataFrames in, tidy DataFrames out (no drawing here)."""
+"""Analysis of recorded trials: tidy DataFrames in, tidy DataFrames out (no drawing here).
+
+Vocabulary (DESIGN.md): a *slice* is the set of trials that differ only in lr and seed; its
+*optimum* is the lr minimising the seed-mean metric; the *shift* along an axis is the slope of
+log2 lr* against log2 B (batch size) or log2(1 − β) (momentum).
+
+Optimum of a slice, with m(x) the seed-mean metric at x = log2 lr (+inf if any seed diverged):
+  1. i = argmin over the grid of the finite m;
+  2. sub-grid refinement: the parabola through (x, log m) at i−1, i, i+1 — only when both
+     neighbours are finite and it opens upwards — gives x* = its vertex, clipped to
+     [x_{i−1}, x_{i+1}]; otherwise x* = x_i (a collapsed or diverged neighbour must not pull it);
+     the reported metric m* is m_i, the best measured seed mean;
+  3. `at_edge` when i is the first or last lr of the grid: then x* is only a bound, never refined;
+  4. interval: 2.5 and 97.5 percentiles of x* over B_BOOT bootstrap resamples of the seeds
+     (with replacement, the same resampled seeds for every slice, RNG seed BOOT_SEED), widened
+     if needed to contain x* itself (with 2 seeds there are only 3 distinct resamples).
+Shift: least-squares slope of x* against the axis over the slices that are not at an edge,
+with the percentile interval of the same fit on each bootstrap resample (also widened to
+contain the slope).
+Transfer regret: tune lr at the reference value of the axis (smallest B, smallest β), reuse it
+at every other value; regret = m(transferred lr) / m(x*) − 1 on that slice's curve
+(log m interpolated linearly in x; +inf where the transferred lr diverges or leaves the grid).
+"""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 SLICE_AXES = ["parameterization", "optimizer", "batch_size", "momentum"]
+SHIFT_AXES = {"batch_size": "log2 B", "momentum": "log2(1 − β)"}
+B_BOOT = 500
+BOOT_SEED = 20181231
 
 
+# ----------------------------------------------------------------------------- slices
 def slice_curves(trials: pd.DataFrame) -> pd.DataFrame:
-    """Seed-mean metric per slice and lr (diverged trials count as +inf; failed ones are left out)."""
+    """Seed-mean metric per slice and lr with the seed spread (min..max of finite values).
+
+    Diverged trials count as +inf (so any diverged seed makes the mean +inf); failed trials
+    are left out.
+    """
+    finished = trials[trials["status"].isin(["ok", "diverged"])].copy()
+    finished["finite"] = finished["metric"].where(np.isfinite(finished["metric"]))
+    grouped = finished.groupby(SLICE_AXES + ["lr"], sort=True)
+    out = grouped.agg(
+        metric_mean=("metric", "mean"),
+        metric_lo=("finite", "min"),
+        metric_hi=("finite", "max"),
+        n_seeds=("seed", "nunique"),
+        n_diverged=("status", lambda s: int((s == "diverged").sum())),
+    ).reset_index()
+    out.insert(out.columns.get_loc("lr") + 1, "log2_lr", np.log2(out["lr"]))
+    return out
+
+
+def seed_matrix(trials: pd.DataFrame) -> dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per slice: (log2 lr grid [L], seeds [S], metric [S, L]); missing cells are NaN."""
     finished = trials[trials["status"].isin(["ok", "diverged"])]
-    grouped = finished.groupby(SLICE_AXES + ["lr"], sort=True)["metric"]
-    return grouped.agg(metric_mean="mean", metric_std="std", n_seeds="count").reset_index()
+    out = {}
+    for key, group in finished.groupby(SLICE_AXES, sort=True):
+        table = group.pivot_table(index="seed", columns="lr", values="metric", aggfunc="first")
+        table = table.sort_index(axis=1)
+        out[key] = (np.log2(table.columns.to_numpy(dtype=float)), table.index.to_numpy(), table.to_numpy(dtype=float))
+    return out
 
 
+# ----------------------------------------------------------------------------- optimum
+def refine(x: np.ndarray, m: np.ndarray) -> tuple[float, float, bool]:
+    """(x*, m*, at_edge) of one seed-mean curve m over the grid x (see the module docstring)."""
+    finite = np.isfinite(m)
+    if not finite.any():
+        return math.nan, math.inf, False
+    i = int(np.argmin(np.where(finite, m, np.inf)))
+    n = len(x)
+    at_edge = n == 1 or i in (0, n - 1)
+    if at_edge or not (finite[i - 1] and finite[i + 1]) or min(m[i - 1], m[i], m[i + 1]) <= 0:
+        return float(x[i]), float(m[i]), at_edge
+    xs, ys = x[i - 1 : i + 2], np.log(m[i - 1 : i + 2])
+    a, b, _ = np.polyfit(xs - x[i], ys, 2)
+    if a <= 0:
+        return float(x[i]), float(m[i]), at_edge
+    vertex = float(np.clip(-b / (2 * a), xs[0] - x[i], xs[2] - x[i]))
+    # m* stays the best measured seed mean: a lopsided curve (a cliff above the optimum) makes the
+    # parabola's own minimum fall far below anything measured.
+    return x[i] + vertex, float(m[i]), at_edge
+
+
+def _seed_mean(values: np.ndarray) -> np.ndarray:
+    """Mean over seeds (axis −2) ignoring missing cells; +inf wherever any seed diverged."""
+    finite = np.where(np.isinf(values), np.nan, values)
+    count = np.sum(~np.isnan(finite), axis=-2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nansum(finite, axis=-2) / count  # NaN where no seed has a value
+    return np.where(np.isinf(values).any(axis=-2), np.inf, mean)
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """Resampled seed positions shared by every slice: common random numbers across slices."""
+
+    seeds: np.ndarray  # sorted distinct seeds
+    draws: np.ndarray  # [B_BOOT, n_seeds] indices into `seeds`
+
+    @classmethod
+    def for_seeds(cls, seeds: np.ndarray, n: int = B_BOOT, rng_seed: int = BOOT_SEED) -> Bootstrap:
+        rng = np.random.default_rng(rng_seed)
+        return cls(np.sort(seeds), rng.integers(0, len(seeds), size=(n, len(seeds))))
+
+    def optima(self, x: np.ndarray, seeds: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """x* of every resample of one slice ([B_BOOT]; NaN where a resample has no finite point)."""
+        row = {s: i for i, s in enumerate(seeds)}
+        index = np.array([row.get(s, -1) for s in self.seeds])
+        if (index < 0).any():  # this slice lacks some seeds: resample its own
+            rng = np.random.default_rng(BOOT_SEED)
+            draws = rng.integers(0, len(seeds), size=self.draws.shape[0] * len(seeds)).reshape(-1, len(seeds))
+            resampled = values[draws]
+        else:
+            resampled = values[index[self.draws]]
+        means = _seed_mean(resampled)
+        return np.array([refine(x, m)[0] for m in means])
+
+
+def _interval(samples: np.ndarray, estimate: float) -> tuple[float, float]:
+    """The 95% percentile interval of bootstrap samples, widened to contain the estimate."""
+    if not len(samples) or not np.isfinite(estimate):
+        return math.nan, math.nan
+    lo, hi = np.percentile(samples, [2.5, 97.5])
+    return float(min(lo, estimate)), float(max(hi, estimate))
+
+
+def optima(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per slice: lr_opt with its bootstrap interval, metric_opt, at_edge, n_seeds."""
+    matrices = seed_matrix(trials)
+    boot = Bootstrap.for_seeds(trials["seed"].unique()) if len(trials) else None
+    rows = []
+    for key, (x, seeds, values) in matrices.items():
+        x_opt, m_opt, at_edge = refine(x, _seed_mean(values))
+        samples = boot.optima(x, seeds, values) if boot is not None and len(seeds) > 1 else np.array([x_opt])
+        finite = samples[np.isfinite(samples)]
+        lo, hi = _interval(finite, x_opt)
+        rows.append((*key, 2.0**x_opt, 2.0**lo, 2.0**hi, x_opt, m_opt, at_edge, len(seeds)))
+    columns = SLICE_AXES + ["lr_opt", "lr_lo", "lr_hi", "log2_lr_opt", "metric_opt", "at_edge", "n_seeds"]
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["at_edge"] = frame["at_edge"].astype(bool)
+    return frame
+
+
+# ----------------------------------------------------------------------------- shifts
+def axis_value(axis: str, values: pd.Series | np.ndarray) -> np.ndarray:
+    """The shift's abscissa: log2 B, or log2(1 − β)."""
+    values = np.asarray(values, dtype=float)
+    return np.log2(values) if axis == "batch_size" else np.log2(1.0 - values)
+
+
+def interpolated_metric(x: np.ndarray, m: np.ndarray, at: float) -> float:
+    """m at x = `at`, log-linear between grid points; +inf outside the grid or next to a diverged point."""
+    if not (x[0] <= at <= x[-1]) or not np.isfinite(at):
+        return math.inf
+    j = int(np.searchsorted(x, at))
+    if j < len(x) and x[j] == at:
+        return float(m[j])
+    lo, hi = m[j - 1], m[j]
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo <= 0 or hi <= 0:
+        return math.inf
+    t = (at - x[j - 1]) / (x[j] - x[j - 1])
+    return float(math.exp((1 - t) * math.log(lo) + t * math.log(hi)))
+
+
+def shifts(trials: pd.DataFrame, optimum: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per parameterization × optimizer × axis × fixed value of the other axis: the shift of lr*."""
+    optimum = optima(trials) if optimum is None else optimum
+    matrices = seed_matrix(trials)
+    boot = Bootstrap.for_seeds(trials["seed"].unique()) if len(trials) else None
+    rows = []
+    for axis, other in (("batch_size", "momentum"), ("momentum", "batch_size")):
+        for (param, opt, fixed), group in optimum.groupby(["parameterization", "optimizer", other], sort=True):
+            group = group.sort_values(axis)
+            if len(group) < 2:
+                continue
+            rows.append(_shift_row(axis, other, param, opt, fixed, group, matrices, boot))
+    columns = ["parameterization", "optimizer", "axis", "fixed", "slope", "slope_lo", "slope_hi", "intercept",
+               "shift_octaves", "regret_max", "regret_mean", "n_slices", "n_edge"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _shift_row(axis: str, other: str, param: str, opt: str, fixed: float, group: pd.DataFrame,
+               matrices: dict, boot: Bootstrap | None) -> tuple:
+    usable = group[~group["at_edge"] & np.isfinite(group["log2_lr_opt"])]
+    xs = axis_value(axis, usable[axis])
+    ys = usable["log2_lr_opt"].to_numpy()
+    slope = intercept = lo = hi = shift = math.nan
+    if len(usable) >= 2:
+        slope, intercept = np.polyfit(xs, ys, 1)
+        shift = float(ys[-1] - ys[0])
+        if boot is not None:
+            samples = []
+            keys = [(param, opt, *(_slice_key(axis, v, fixed))) for v in usable[axis]]
+            per_slice = np.array([boot.optima(*matrices[k]) for k in keys])  # [slices, B_BOOT]
+            for column in per_slice.T:
+                if np.isfinite(column).all():
+                    samples.append(np.polyfit(xs, column, 1)[0])
+            lo, hi = _interval(np.array(samples), slope)
+    regrets = _regrets(axis, param, opt, fixed, group, matrices)
+    finite_regret = [r for r in regrets if not math.isnan(r)]
+    return (
+        param, opt, axis, f"{other}={fixed:g}", float(slope), float(lo), float(hi), float(intercept), shift,
+        max(finite_regret) if finite_regret else math.nan,
+        float(np.mean(finite_regret)) if finite_regret else math.nan,
+        len(group), int(group["at_edge"].sum()),
+    )
+
+
+def _slice_key(axis: str, value: float, fixed: float) -> tuple:
+    return (value, fixed) if axis == "batch_size" else (fixed, value)
+
+
+def _regrets(axis: str, param: str, opt: str, fixed: float, group: pd.DataFrame, matrices: dict) -> list[float]:
+    """Relative excess of the metric when the reference slice's lr* is reused on the others."""
+    reference = group.iloc[0]
+    transferred = reference["log2_lr_opt"]
+    out = []
+    for _, row in group.iloc[1:].iterrows():
+        x, _, values = matrices[(param, opt, *_slice_key(axis, row[axis], fixed))]
+        best = row["metric_opt"]
+        if not np.isfinite(best) or best <= 0:
+            out.append(math.nan)
+            continue
+        value = interpolated_metric(x, _seed_mean(values), transferred)
+        out.append(value / best - 1.0)
+    return out
+
+
+# ----------------------------------------------------------------------------- summaries
 def best_grid_lr(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per slice: the grid lr with the lowest seed-mean metric, its log2, and whether it is at an edge."""
+    """Per slice: the grid lr with the lowest seed-mean metric (no refinement): the sweep's summary."""
     curves = slice_curves(trials)
     rows = []
     for key, group in curves.groupby(SLICE_AXES, sort=True):
@@ -26,8 +244,37 @@ def best_grid_lr(trials: pd.DataFrame) -> pd.DataFrame:
         if not np.isfinite(values).any():
             rows.append((*key, math.nan, math.nan, math.inf, False, int(group["n_seeds"].max())))
             continue
-        best = int(np.nanargmin(np.where(np.isfinite(values), values, np.inf)))
+        best = int(np.argmin(np.where(np.isfinite(values), values, np.inf)))
         lr = float(group["lr"].iloc[best])
         at_edge = best in (0, len(group) - 1) and len(group) > 1
         rows.append((*key, lr, math.log2(lr), float(values[best]), at_edge, int(group["n_seeds"].iloc[best])))
     return pd.DataFrame(rows, columns=SLICE_AXES + ["lr_best", "log2_lr_best", "metric_best", "at_edge", "n_seeds"])
+
+
+def shift_sentences(shift: pd.DataFrame, optimum: pd.DataFrame) -> list[str]:
+    """One plain sentence per parameterization: what moved, by how much, and what reuse costs."""
+    sentences = []
+    for param, rows in shift.groupby("parameterization", sort=True):
+        parts = []
+        for axis, label in (("batch_size", "batch size"), ("momentum", "momentum")):
+            along = rows[rows["axis"] == axis]
+            if along.empty:
+                continue
+            values = sorted(optimum[axis].unique())
+            span = f"B = {values[0]:g} → {values[-1]:g}" if axis == "batch_size" else f"β = {values[0]:g} → {values[-1]:g}"
+            pieces = []
+            for _, r in along.iterrows():
+                if not np.isfinite(r["slope"]):
+                    pieces.append(f"too few interior optima at {r['fixed']}")
+                    continue
+                pieces.append(f"{r['shift_octaves']:+.1f} octaves at {r['fixed']} "
+                              f"(slope {r['slope']:.2f} [{r['slope_lo']:.2f}, {r['slope_hi']:.2f}])")
+            worst = along["regret_max"].max()
+            cost = ("reusing the reference lr diverges" if np.isinf(worst)
+                    else f"reusing the reference lr costs up to {100 * worst:.0f}%" if np.isfinite(worst) else "")
+            parts.append(f"{label} ({span}, against {SHIFT_AXES[axis]}): lr* moves " + ", ".join(pieces)
+                         + (f"; {cost}" if cost else ""))
+        edges = int(optimum[optimum["parameterization"] == param]["at_edge"].sum())
+        tail = f" {edges} optima at the edge of the lr grid are bounds only and were left out of the fits." if edges else ""
+        sentences.append(f"**{param}**: " + "; ".join(parts) + "." + tail)
+    return sentences

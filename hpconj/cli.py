@@ -29,8 +29,9 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Measure how far the optimal learning rate moves with batch size and momentum.",
 )
-out = Console()
-err = Console(stderr=True)
+# Logs and pipes get 120 columns (rich's default of 80 wraps the tables); a terminal its own width.
+out = Console(width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 _state = {"debug": False}
 
 ConfigArg = typer.Argument(..., help="The sweep config (YAML).", show_default=False)
@@ -231,7 +232,7 @@ def plot(folders: list[Path] = FoldersArg, debug: bool = DebugOpt) -> None:
 
     for folder in result_folders(folders):
         frames = analyse(load_results(folder))
-        written = write_tables(frames, folder) + write_figures(frames, folder)
+        written = write_tables(frames, folder) + write_figures(frames, frames.meta, folder)
         print_report(frames)
         out.print(f"wrote {len(written)} files in {folder}/ (optima.csv, shifts.csv, summary.md, plots/)",
                   highlight=False)
@@ -245,6 +246,10 @@ def table(folders: list[Path] = FoldersArg, debug: bool = DebugOpt) -> None:
 
     for folder in result_folders(folders):
         print_report(analyse(load_results(folder)))
+
+
+def _short(text: str) -> str:
+    return str(text).replace("batch_size", "B").replace("momentum", "β")
 
 
 def print_report(frames: Any) -> None:
@@ -274,7 +279,7 @@ def print_report(frames: Any) -> None:
     for _, r in frames.shifts.iterrows():
         regret = "diverges" if np.isinf(r["regret_max"]) else (
             "–" if not np.isfinite(r["regret_max"]) else f"{100 * r['regret_max']:.0f}%")
-        shift.add_row(r["parameterization"], r["axis"], r["fixed"], f"{r['slope']:.2f}",
+        shift.add_row(r["parameterization"], _short(r["axis"]), _short(r["fixed"]), f"{r['slope']:.2f}",
                       f"[{r['slope_lo']:.2f}, {r['slope_hi']:.2f}]", f"{r['shift_octaves']:+.2f}", regret,
                       str(r["n_edge"]))
     out.print(shift)

@@ -194,3 +194,26 @@ def test_user_model_that_raises_when_built_is_bad_input(write_config, tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and "broken:build raised ValueError: width must be even" in lines[0]
         assert "Traceback" not in proc.stderr
+
+
+def test_plot_and_table_commands(write_config, tmp_path):
+    parent = tmp_path / "results"
+    assert run_cli("sweep", str(write_config()), "--out", str(parent / "tiny"), "--quiet").returncode == 0
+    proc = run_cli("plot", str(parent))  # a parent folder means every sweep inside it
+    assert proc.returncode == 0, proc.stderr
+    folder = parent / "tiny"
+    optima = pd.read_csv(folder / "optima.csv")
+    assert len(optima) == 2 * 2 * 2  # parameterization × B × β
+    assert {"lr_opt", "lr_lo", "lr_hi", "metric_opt", "at_edge", "n_seeds"} <= set(optima.columns)
+    shifts = pd.read_csv(folder / "shifts.csv")
+    assert {"slope", "slope_lo", "slope_hi", "shift_octaves", "regret_max", "regret_mean", "n_slices",
+            "n_edge"} <= set(shifts.columns)
+    summary = (folder / "summary.md").read_text()
+    assert "## Optima" in summary and "## Shifts" in summary and "**standard**" in summary
+    for name in ("loss_vs_lr_batch_size", "optimum_shift_batch_size", "metric_heatmap", "training_curves"):
+        assert (folder / "plots" / f"{name}.png").stat().st_size > 10_000
+        assert (folder / "plots" / f"{name}.svg").is_file()
+    table = run_cli("table", str(folder))
+    assert table.returncode == 0 and "optimal lr per slice" in table.stdout and "standard" in table.stdout
+    missing = run_cli("plot", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "no such results folder" in missing.stderr

@@ -1,0 +1,178 @@
+"""From a results folder to its answer: optima.csv, shifts.csv, summary.md (and the plots' data).
+
+Compute first, draw second: `analyse` returns DataFrames; `hpconj.plots` only draws them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from hpconj.analysis import optima, shift_sentences, shifts, slice_curves
+from hpconj.store import write_atomic
+
+
+class ReportError(ValueError):
+    """A folder that holds no readable sweep results (bad input, exit status 2)."""
+
+
+@dataclass(frozen=True)
+class Results:
+    folder: Path
+    trials: pd.DataFrame
+    curves: pd.DataFrame
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Frames:
+    curves: pd.DataFrame  # slice curves: seed-mean metric per slice and lr
+    optima: pd.DataFrame
+    shifts: pd.DataFrame
+    training: pd.DataFrame  # training curves at the best grid lr of each slice
+    meta: dict[str, str]
+
+
+def result_folders(paths: list[Path]) -> list[Path]:
+    """Each path itself if it holds trials.csv, else every sub-folder that does."""
+    found: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            raise ReportError(f"{path}: no such results folder")
+        if (path / "trials.csv").is_file():
+            found.append(path)
+            continue
+        inside = sorted(p.parent for p in path.glob("*/trials.csv"))
+        if not inside:
+            raise ReportError(f"{path}: no trials.csv here or in its sub-folders (run hpconj sweep first)")
+        found.extend(inside)
+    return found
+
+
+def load_results(folder: Path) -> Results:
+    try:
+        trials = pd.read_csv(folder / "trials.csv")
+        curves = pd.read_csv(folder / "curves.csv") if (folder / "curves.csv").is_file() else pd.DataFrame()
+        config = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else {}
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise ReportError(f"{folder}: cannot read results ({type(exc).__name__}: {exc})") from None
+    missing = {"status", "parameterization", "optimizer", "lr", "batch_size", "momentum", "seed", "metric"} - set(trials)
+    if missing:
+        raise ReportError(f"{folder / 'trials.csv'}: missing columns {sorted(missing)}")
+    return Results(folder, trials, curves, config or {})
+
+
+def describe(config: dict[str, Any]) -> dict[str, str]:
+    """Task, optimizer, budget and metric in words, for titles and summary.md."""
+    task = config.get("task", {})
+    model = task.get("model", "?")
+    data = task.get("data", {})
+    data_name = data.get("path") or data.get("target") or data.get("name", "?") if isinstance(data, dict) else str(data)
+    if model == "quadratic":
+        text = f"noisy quadratic (d = {task.get('dim')}, h ∈ [{task.get('h_min'):g}, {task.get('h_max'):g}])"
+    elif model in ("mlp", "deep_linear"):
+        text = f"{model} width {task.get('width')} depth {task.get('depth')} on {Path(str(data_name)).name}"
+    else:
+        text = f"{model} on {Path(str(data_name)).name}"
+    budget = {k: v for k, v in config.get("budget", {}).items() if v is not None}
+    budget_text = ", ".join(f"{v:g} {k}" for k, v in budget.items()) or "?"
+    b_ref = config.get("reference_batch_size")
+    return {
+        "name": str(config.get("name", "")),
+        "task": text,
+        "optimizer": str(config.get("optimizer", "?")),
+        "budget": budget_text,
+        "metric": str(config.get("metric", {}).get("name", "metric")),
+        "reference_batch_size": "" if b_ref is None else str(b_ref),
+    }
+
+
+def analyse(results: Results) -> Frames:
+    trials = results.trials
+    curve_frame = slice_curves(trials)
+    optimum = optima(trials)
+    shift = shifts(trials, optimum)
+    return Frames(curve_frame, optimum, shift, training_at_optimum(trials, results.curves, optimum),
+                  describe(results.config))
+
+
+def training_at_optimum(trials: pd.DataFrame, curves: pd.DataFrame, optimum: pd.DataFrame) -> pd.DataFrame:
+    """Loss curves (every seed) of the grid lr nearest each slice's optimum."""
+    columns = ["parameterization", "optimizer", "batch_size", "momentum", "lr", "seed", "step", "examples",
+               "train_loss"]
+    if curves.empty or optimum.empty:
+        return pd.DataFrame(columns=columns)
+    keys = ["parameterization", "optimizer", "batch_size", "momentum"]
+    picked = []
+    for _, row in optimum[np.isfinite(optimum["log2_lr_opt"])].iterrows():
+        mask = np.logical_and.reduce([trials[k] == row[k] for k in keys]) & (trials["status"] == "ok")
+        candidates = trials[mask]
+        if candidates.empty:
+            continue
+        nearest = candidates.loc[(np.log2(candidates["lr"]) - row["log2_lr_opt"]).abs().idxmin(), "lr"]
+        picked.append(candidates[candidates["lr"] == nearest])
+    if not picked:
+        return pd.DataFrame(columns=columns)
+    chosen = pd.concat(picked)[keys + ["lr", "seed", "trial_id"]]
+    merged = chosen.merge(curves, on="trial_id")
+    return merged[columns].sort_values(keys + ["seed", "step"]).reset_index(drop=True)
+
+
+def summary_markdown(frames: Frames) -> str:
+    """The two tables and one sentence per parameterization."""
+    meta = frames.meta
+    lines = [f"# {meta['name']}: how far does the optimal learning rate move?", "",
+             f"{meta['task']}; optimizer {meta['optimizer']}; budget {meta['budget']}; metric {meta['metric']} "
+             f"(seed mean); B_ref = {meta['reference_batch_size'] or '–'}.", ""]
+    for sentence in shift_sentences(frames.shifts, frames.optima):
+        lines += [sentence, ""]
+    lines += ["## Optima", "", "lr* is sub-grid (parabola in log2 lr); [lo, hi] a 95% bootstrap interval over seeds; "
+              "≤/≥ mark an optimum at the edge of the grid (a bound, not a value).", ""]
+    lines.append("| parameterization | B | β | lr* | log2 lr* | interval (log2) | metric | seeds |")
+    lines.append("|---|---:|---:|---:|---:|---|---:|---:|")
+    for _, r in frames.optima.iterrows():
+        if not np.isfinite(r["log2_lr_opt"]):
+            lines.append(f"| {r['parameterization']} | {r['batch_size']} | {r['momentum']:g} | all diverged | | | | {r['n_seeds']} |")
+            continue
+        bound = "" if not r["at_edge"] else ("≤ " if _is_low_edge(frames.curves, r) else "≥ ")
+        lines.append(
+            f"| {r['parameterization']} | {r['batch_size']} | {r['momentum']:g} | {bound}{r['lr_opt']:.3g} | "
+            f"{bound}{r['log2_lr_opt']:.2f} | [{np.log2(r['lr_lo']):.2f}, {np.log2(r['lr_hi']):.2f}] | "
+            f"{r['metric_opt']:.4g} | {r['n_seeds']} |"
+        )
+    lines += ["", "## Shifts", "", "slope of log2 lr* against log2 B (batch size) or log2(1 − β) (momentum); "
+              "shift = total move in octaves; regret = relative excess of the metric when the lr tuned at the "
+              "smallest B (or β) is reused.", ""]
+    lines.append("| parameterization | axis | at | slope | 95% interval | shift (octaves) | regret max | regret mean | slices | edge |")
+    lines.append("|---|---|---|---:|---|---:|---:|---:|---:|---:|")
+    for _, r in frames.shifts.iterrows():
+        lines.append(
+            f"| {r['parameterization']} | {r['axis']} | {r['fixed']} | {r['slope']:.2f} | "
+            f"[{r['slope_lo']:.2f}, {r['slope_hi']:.2f}] | {r['shift_octaves']:+.2f} | {_percent(r['regret_max'])} | "
+            f"{_percent(r['regret_mean'])} | {r['n_slices']} | {r['n_edge']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _percent(value: float) -> str:
+    if np.isinf(value):
+        return "diverges"
+    return "–" if not np.isfinite(value) else f"{100 * value:.0f}%"
+
+
+def _is_low_edge(curves: pd.DataFrame, row: pd.Series) -> bool:
+    mask = np.logical_and.reduce([curves[k] == row[k] for k in ("parameterization", "optimizer", "batch_size", "momentum")])
+    return bool(np.isclose(row["log2_lr_opt"], curves[mask]["log2_lr"].min()))
+
+
+def write_tables(frames: Frames, folder: Path) -> list[Path]:
+    """optima.csv, shifts.csv and summary.md in the results folder."""
+    paths = [folder / "optima.csv", folder / "shifts.csv", folder / "summary.md"]
+    write_atomic(paths[0], frames.optima.to_csv(index=False))
+    write_atomic(paths[1], frames.shifts.to_csv(index=False))
+    write_atomic(paths[2], summary_markdown(frames))
+    return paths
