@@ -59,7 +59,7 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             for line in exc.lines:
                 err.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
-        except (BadInput, TaskError, StoreError, _sweep_error(), _report_error()) as exc:
+        except (BadInput, TaskError, StoreError, _sweep_error(), *_report_error()) as exc:
             if _state["debug"]:
                 raise
             err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
@@ -80,10 +80,11 @@ def _sweep_error() -> type[Exception]:
     return SweepError
 
 
-def _report_error() -> type[Exception]:
+def _report_error() -> tuple[type[Exception], ...]:
     from hpconj.report import ReportError
+    from hpconj.repro import CheckError
 
-    return ReportError
+    return (ReportError, CheckError)
 
 
 @app.callback()
@@ -120,7 +121,7 @@ def sweep(
     torch_device = sweeping.resolve_device(config.device)
     task = sweeping.load_task(config)
     plan = sweeping.plan_sweep(config, task)
-    resources = Resources.choose(workers, threads, torch_device, units=len(plan.trials))
+    resources = Resources.choose(workers, threads, torch_device, units=len(plan.trials), trial_steps=plan.total_steps)
     with LocalExecutor(engine, resources, chunk_size) as executor, SweepProgress(err, enabled=not quiet) as progress:
         outcome = sweeping.run_sweep(
             plan, task, folder, executor, torch_device, fresh=fresh, max_trials=max_trials,
@@ -229,10 +230,12 @@ def plot(folders: list[Path] = FoldersArg, debug: bool = DebugOpt) -> None:
     """Compute optima, shifts and regret; write optima.csv, shifts.csv, summary.md and plots/."""
     from hpconj.plots import write_figures
     from hpconj.report import analyse, load_results, result_folders, write_tables
+    from hpconj.repro import record_hashes
 
     for folder in result_folders(folders):
         frames = analyse(load_results(folder))
         written = write_tables(frames, folder) + write_figures(frames, frames.meta, folder)
+        record_hashes(folder)
         print_report(frames)
         out.print(f"wrote {len(written)} files in {folder}/ (optima.csv, shifts.csv, summary.md, plots/)",
                   highlight=False)
@@ -285,6 +288,26 @@ def print_report(frames: Any) -> None:
     out.print(shift)
     for sentence in shift_sentences(frames.shifts, frames.optima):
         out.print(sentence.replace("**", ""), highlight=False)
+
+
+@app.command()
+@reports_errors
+def check(
+    folder: Path = typer.Argument(..., help="A results folder made by hpconj sweep.", show_default=False),
+    integrity: bool = typer.Option(False, "--integrity", help="Only verify file hashes (fast, no training)."),
+    trials: str = typer.Option("all", "--trials", help="Re-run all | N | F% of the trials (sample by trial id)."),
+    rtol: Optional[float] = typer.Option(None, "--rtol", min=0, help="Relative tolerance [default: see README]."),
+    atol: Optional[float] = typer.Option(None, "--atol", min=0, help="Absolute tolerance [default: see README]."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes for the re-run."),
+    chunk_size: int = typer.Option(DEFAULT_CHUNK, "--chunk-size", min=1, help="Most trials trained as one stack."),
+    debug: bool = DebugOpt,
+) -> None:
+    """Verify a results folder: file integrity, then re-run trials and re-derive optima and shifts."""
+    from hpconj.checking import run_check
+
+    report = run_check(folder, integrity_only=integrity, sample=trials, rtol=rtol, atol=atol, workers=workers,
+                       chunk_size=chunk_size, console=out)
+    raise typer.Exit(0 if not report.differences else 1)
 
 
 def main() -> None:

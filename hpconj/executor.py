@@ -20,8 +20,14 @@ import torch
 
 from hpconj.config import TaskSpec
 from hpconj.engine import TrialResult, get_engine
+from hpconj.repro import apply_determinism
 from hpconj.tasks import Task, build_task
 from hpconj.trials import Cohort, Trial
+
+
+# Below this many optimizer steps summed over trials (~ten seconds of one core for a small
+# model), starting worker processes costs more than it saves.
+SMALL_SWEEP_STEPS = 50_000
 
 
 @dataclass(frozen=True)
@@ -55,11 +61,14 @@ class Resources:
     threads: int
 
     @classmethod
-    def choose(cls, workers: int | None, threads: int | None, device: torch.device, units: int) -> Resources:
-        """Defaults: one worker per core (one on a GPU), and cores // workers threads each."""
+    def choose(cls, workers: int | None, threads: int | None, device: torch.device, units: int,
+               trial_steps: int | None = None) -> Resources:
+        """Defaults: one worker per core (one on a GPU, or for a sweep too small to repay the few
+        seconds each worker takes to start), and cores // workers threads each."""
         cores = usable_cores()
         if workers is None:
-            workers = 1 if device.type == "cuda" else cores
+            small = trial_steps is not None and trial_steps < SMALL_SWEEP_STEPS
+            workers = 1 if device.type == "cuda" or small else cores
         workers = max(1, min(workers, max(units, 1)))
         if threads is None or threads <= 0:
             threads = max(1, cores // workers)
@@ -102,6 +111,7 @@ class LocalExecutor:
     def run(self, task: Task, spec: TaskSpec, units: list[WorkUnit], device: torch.device) -> Iterator[TrialResult]:
         if self.resources.workers == 1:
             torch.set_num_threads(self.resources.threads)
+            apply_determinism()
             engine = get_engine(self.engine_name, chunk_size=self.chunk_size)
             for unit in units:
                 yield from engine.run(task, unit.trials, device)
@@ -131,6 +141,7 @@ _TASKS: dict[str, Task] = {}
 
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
+    apply_determinism()
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
 
 

@@ -93,7 +93,8 @@ def _styled(function: F) -> F:
 
     @wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Figure:
-        with matplotlib.rc_context(STYLE):
+        # a fixed hash salt makes the SVG's element ids, and so its bytes, the same on every run
+        with matplotlib.rc_context({**STYLE, "svg.hashsalt": "hpconj"}):
             return function(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -810,7 +811,8 @@ def write_figures(frames: Mapping[str, pd.DataFrame] | Any, meta: Mapping[str, A
     written: list[Path] = []
     for name, make in jobs:
         figure = make()
-        with matplotlib.rc_context(STYLE):
+        # a fixed hash salt makes the SVG's element ids, and so its bytes, the same on every run
+        with matplotlib.rc_context({**STYLE, "svg.hashsalt": "hpconj"}):
             for suffix, options in ((".png", {"dpi": 150, "metadata": {"Software": None}}),
                                     (".svg", {"metadata": {"Date": None, "Creator": None}})):
                 path = out / f"{name}{suffix}"

@@ -24,6 +24,7 @@ import hpconj
 from hpconj.config import Config
 from hpconj.engine import TrialResult
 from hpconj.executor import LocalExecutor, split_units
+from hpconj.repro import apply_determinism, record_hashes
 from hpconj.store import STORE_NAME, Store, StoreError, export_csv, write_atomic
 from hpconj.tasks import Task, TaskError, build_task
 from hpconj.trials import Cohort, Trial, expand_trials, group_cohorts
@@ -183,6 +184,7 @@ def run_sweep(
         finished = len(store.finished_ids() & {t.trial_id for t in plan.trials})
         status = "interrupted" if outcome.interrupted else ("complete" if finished == len(plan.trials) else "partial")
         write_manifest(folder, config, store, executor, device, started, _now(), status)
+        record_hashes(folder)
         store.close()
     return outcome
 
@@ -222,6 +224,7 @@ def write_manifest(
         "workers": executor.resources.workers,
         "threads_per_worker": executor.resources.threads,
         "chunk_size": executor.chunk_size,
+        "determinism": apply_determinism(device),
         "git": git_state(Path.cwd()),
         "config_hash": config.config_hash(),
         "experiment_key": config.experiment_key(),

@@ -1,0 +1,99 @@
+"""`hpconj check`: does a results folder still reproduce? (integrity, re-run, re-derive)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from hpconj.executor import LocalExecutor, Resources, split_units
+from hpconj.repro import (
+    LOOSE_ATOL,
+    LOOSE_RTOL,
+    CheckError,
+    CheckReport,
+    compare_analysis,
+    compare_ids,
+    compare_results,
+    environment,
+    environment_differences,
+    integrity_problems,
+    load_stored,
+    parse_sample,
+    read_manifest,
+    results_frame,
+    select_trials,
+)
+from hpconj.sweep import SweepError, load_task, resolve_device
+from hpconj.trials import group_cohorts
+
+
+def run_check(folder: Path, *, integrity_only: bool, sample: str, rtol: float | None, atol: float | None,
+              workers: int | None, chunk_size: int, console: Console) -> CheckReport:
+    parse_sample(sample)  # a bad --trials is reported before anything else
+    manifest = read_manifest(folder)
+    report = CheckReport()
+    for problem in integrity_problems(folder):
+        path, _, what = problem.partition(": ")
+        report.add(path, "file", "as recorded in manifest.json", what)
+    if integrity_only:
+        _print(console, report, f"integrity of {len(manifest.get('files', {}))} files", folder)
+        return report
+    config, stored, stored_curves = load_stored(folder)
+    planned = compare_ids(config, stored, report, folder)
+    chosen = [planned[i] for i in select_trials(stored, sample) if i in planned]
+    if not chosen:
+        _print(console, report, "no stored trial matches the stored config: nothing to re-run", folder)
+        return report
+    task = load_task(config)
+    try:
+        device = resolve_device("cpu" if not torch.cuda.is_available() else str(manifest.get("device", "auto")))
+    except SweepError as exc:
+        raise CheckError(str(exc)) from None
+    # threads per worker as recorded: matmul results may depend on the thread count
+    steps = sum(task.steps(config.budget, t.batch_size) for t in chosen)
+    resources = Resources.choose(workers, manifest.get("threads_per_worker"), device, units=len(chosen),
+                                 trial_steps=steps)
+    current = environment(resources.threads)
+    differences = environment_differences(manifest, current)
+    report.exact = not differences
+    report.warnings += [f"environment differs from the manifest: {d}" for d in differences]
+    if rtol is None:
+        rtol = 0.0 if report.exact else LOOSE_RTOL
+    if atol is None:
+        atol = 0.0 if report.exact else LOOSE_ATOL
+    engine = str(manifest.get("engine", "cohort"))
+    units = split_units(group_cohorts(chosen), {t.trial_id for t in chosen}, chunk_size, resources.workers)
+    with LocalExecutor(engine, resources, chunk_size) as executor:
+        results = list(executor.run(task.to(device), config.task, units, device))
+    rerun, rerun_curves = results_frame(chosen, results, config.metric.name)
+    report.rerun = len(rerun)
+    compare_results(stored, rerun, stored_curves, rerun_curves, report, rtol, atol, folder)
+    merged = pd.concat([stored[~stored["trial_id"].isin(rerun["trial_id"])], rerun[stored.columns]])
+    compare_analysis(folder, merged, report, rtol, atol)
+    tolerance = "bit-equal" if rtol == 0 and atol == 0 else f"rtol {rtol:g}, atol {atol:g}"
+    _print(console, report, f"{report.rerun} of {len(stored)} trials re-run ({engine} engine, {tolerance})", folder)
+    return report
+
+
+def _print(console: Console, report: CheckReport, what: str, folder: Path) -> None:
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+    if report.differences:
+        table = Table(title="differences")
+        for column in ("where", "field", "stored", "re-run / now", "rel. diff"):
+            table.add_column(column, overflow="fold")
+        for row in report.differences[:200]:
+            table.add_row(*(escape(str(c)) for c in row))
+        console.print(table)
+        more = f" ({len(report.differences) - 200} more not shown)" if len(report.differences) > 200 else ""
+        where, name, stored, now, _ = report.differences[0]
+        console.print(f"[red]does not reproduce:[/red] {folder}: {len(report.differences)} difference(s){more}; {what}",
+                      highlight=False, soft_wrap=True)
+        console.print(f"first: {escape(where)} {escape(name)}: {escape(stored)} → {escape(now)}", highlight=False,
+                      soft_wrap=True)
+    else:
+        console.print(f"[green]reproduces:[/green] {folder}: {what}", highlight=False, soft_wrap=True)

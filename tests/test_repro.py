@@ -1,0 +1,122 @@
+"""`hpconj check`: a fresh sweep reproduces bit for bit; every kind of tampering is caught."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT, run_cli
+from hpconj.repro import CheckReport, compare_ids, load_stored
+
+COMMITTED = ["quickstart", "nqm_batch", "mlp_momentum"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A tiny finished and plotted sweep, made once; tests copy it before tampering."""
+    base = tmp_path_factory.mktemp("repro")
+    from conftest import TINY
+
+    config = base / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "sweep": {**TINY["sweep"], "lr": {"values": [0.01, 0.03, 0.1, 1000.0]}}}))
+    folder = base / "tiny"
+    assert run_cli("sweep", str(config), "--out", str(folder), "--quiet").returncode == 0
+    assert run_cli("plot", str(folder)).returncode == 0
+    return folder
+
+
+@pytest.fixture
+def copy(finished, tmp_path) -> Path:
+    target = tmp_path / "tiny"
+    shutil.copytree(finished, target)
+    return target
+
+
+def _lines(proc) -> str:
+    return " ".join(proc.stdout.split())
+
+
+def test_fresh_sweep_reproduces_bit_for_bit(finished):
+    proc = run_cli("check", str(finished), "--trials", "all")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "64 of 64 trials re-run (cohort engine, bit-equal)" in _lines(proc)
+    assert run_cli("check", str(finished), "--integrity").returncode == 0
+
+
+def test_other_workers_and_chunking_still_reproduce(finished):
+    proc = run_cli("check", str(finished), "--trials", "25%", "--workers", "1", "--chunk-size", "3")
+    assert proc.returncode == 0, proc.stdout
+    assert "bit-equal" in proc.stdout
+
+
+def test_edited_metric_is_caught(copy):
+    trials = pd.read_csv(copy / "trials.csv")
+    victim = trials[trials["status"] == "ok"].iloc[3]
+    trials.loc[trials["trial_id"] == victim["trial_id"], ["val_loss", "metric"]] = 0.001
+    trials.to_csv(copy / "trials.csv", index=False)
+    integrity = run_cli("check", str(copy), "--integrity")
+    assert integrity.returncode == 1 and "trials.csv" in integrity.stdout and "edited" in integrity.stdout
+    proc = run_cli("check", str(copy), "--trials", "all")
+    assert proc.returncode == 1
+    assert victim["trial_id"] in proc.stdout and "val_loss" in proc.stdout and "does not reproduce" in proc.stdout
+
+
+def test_deleted_trial_is_caught(copy):
+    trials = pd.read_csv(copy / "trials.csv")
+    victim = trials.iloc[10]["trial_id"]
+    trials[trials["trial_id"] != victim].to_csv(copy / "trials.csv", index=False)
+    proc = run_cli("check", str(copy), "--trials", "5")
+    assert proc.returncode == 1
+    assert victim in proc.stdout and "missing" in proc.stdout and "trials.csv" in proc.stdout
+
+
+def test_changed_optimum_is_caught(copy):
+    optima = pd.read_csv(copy / "optima.csv")
+    optima.loc[2, "lr_opt"] *= 1.5
+    optima.to_csv(copy / "optima.csv", index=False)
+    proc = run_cli("check", str(copy), "--trials", "10%")
+    assert proc.returncode == 1
+    text = _lines(proc)
+    assert "optima.csv" in text and "lr_opt" in text
+
+
+def test_changed_config_value_is_caught(copy):
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["budget"]["epochs"] = 3.0
+    (copy / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    proc = run_cli("check", str(copy), "--trials", "5")
+    assert proc.returncode == 1
+    assert "first: config.yaml" in _lines(proc)
+    # the trial ids no longer match: every stored trial is foreign to the edited config
+    config, stored, _ = load_stored(copy)
+    report = CheckReport()
+    compare_ids(config, stored, report, copy)
+    assert any("not produced by the stored config" in d[3] and d[0] == "config.yaml" for d in report.differences)
+
+
+def test_bad_input_is_exit_2(tmp_path, copy):
+    assert run_cli("check", str(tmp_path / "nothing")).returncode == 2
+    (copy / "config.yaml").write_text("optimizer: adam\n")
+    proc = run_cli("check", str(copy), "--trials", "1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    bad_sample = run_cli("check", str(copy), "--trials", "lots")
+    assert bad_sample.returncode == 2 and "--trials" in bad_sample.stderr
+
+
+@pytest.mark.parametrize("name", COMMITTED)
+def test_committed_reference_results_are_intact(name):
+    folder = ROOT / "results" / name
+    proc = run_cli("check", str(folder), "--integrity")
+    assert proc.returncode == 0, proc.stdout
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and "summary.md" in manifest["files"]
+
+
+def test_committed_mlp_momentum_reproduces_on_a_sample():
+    proc = run_cli("check", str(ROOT / "results" / "mlp_momentum"), "--trials", "10%")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "reproduces" in proc.stdout
