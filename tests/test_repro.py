@@ -109,7 +109,7 @@ def test_bad_input_is_exit_2(tmp_path, copy):
 
 @pytest.mark.parametrize("name", COMMITTED)
 def test_committed_reference_results_are_intact(name):
-    folder = ROOT / "results" / name
+    folder = ROOT / "results" / "reference" / name
     proc = run_cli("check", str(folder), "--integrity")
     assert proc.returncode == 0, proc.stdout
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -117,6 +117,6 @@ def test_committed_reference_results_are_intact(name):
 
 
 def test_committed_mlp_momentum_reproduces_on_a_sample():
-    proc = run_cli("check", str(ROOT / "results" / "mlp_momentum"), "--trials", "10%")
+    proc = run_cli("check", str(ROOT / "results" / "reference" / "mlp_momentum"), "--trials", "10%")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "reproduces" in proc.stdout
