@@ -19,7 +19,9 @@ with the percentile interval of the same fit on each bootstrap resample (also wi
 contain the slope).
 Transfer regret: tune lr at the reference value of the axis (smallest B, smallest β), reuse it
 at every other value; regret = m(transferred lr) / m(x*) − 1 on that slice's curve
-(log m interpolated linearly in x; +inf where the transferred lr diverges or leaves the grid).
+(log m interpolated linearly in x; +inf where the transferred lr diverges or leaves the grid;
+NaN when the reference slice has no optimum or only an edge bound to transfer).
+A single seed gives no interval (NaN): the bootstrap needs at least two.
 """
 from __future__ import annotations
 
@@ -138,9 +140,11 @@ def optima(trials: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for key, (x, seeds, values) in matrices.items():
         x_opt, m_opt, at_edge = refine(x, _seed_mean(values))
-        samples = boot.optima(x, seeds, values) if boot is not None and len(seeds) > 1 else np.array([x_opt])
-        finite = samples[np.isfinite(samples)]
-        lo, hi = _interval(finite, x_opt)
+        if boot is not None and len(seeds) > 1:
+            samples = boot.optima(x, seeds, values)
+            lo, hi = _interval(samples[np.isfinite(samples)], x_opt)
+        else:
+            lo = hi = math.nan
         rows.append((*key, 2.0**x_opt, 2.0**lo, 2.0**hi, x_opt, m_opt, at_edge, len(seeds)))
     columns = SLICE_AXES + ["lr_opt", "lr_lo", "lr_hi", "log2_lr_opt", "metric_opt", "at_edge", "n_seeds"]
     frame = pd.DataFrame(rows, columns=columns)
@@ -221,6 +225,8 @@ def _regrets(axis: str, param: str, opt: str, fixed: float, group: pd.DataFrame,
     """Relative excess of the metric when the reference slice's lr* is reused on the others."""
     reference = group.iloc[0]
     transferred = reference["log2_lr_opt"]
+    if not np.isfinite(transferred) or reference["at_edge"]:
+        return [math.nan] * (len(group) - 1)  # no tuned lr to transfer (or only a bound)
     out = []
     for _, row in group.iloc[1:].iterrows():
         x, _, values = matrices[(param, opt, *_slice_key(axis, row[axis], fixed))]
@@ -246,7 +252,7 @@ def best_grid_lr(trials: pd.DataFrame) -> pd.DataFrame:
             continue
         best = int(np.argmin(np.where(np.isfinite(values), values, np.inf)))
         lr = float(group["lr"].iloc[best])
-        at_edge = best in (0, len(group) - 1) and len(group) > 1
+        at_edge = len(group) == 1 or best in (0, len(group) - 1)
         rows.append((*key, lr, math.log2(lr), float(values[best]), at_edge, int(group["n_seeds"].iloc[best])))
     return pd.DataFrame(rows, columns=SLICE_AXES + ["lr_best", "log2_lr_best", "metric_best", "at_edge", "n_seeds"])
 

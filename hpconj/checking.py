@@ -57,7 +57,7 @@ def run_check(folder: Path, *, integrity_only: bool, sample: str, rtol: float | 
     steps = sum(task.steps(config.budget, t.batch_size) for t in chosen)
     resources = Resources.choose(workers, manifest.get("threads_per_worker"), device, units=len(chosen),
                                  trial_steps=steps)
-    current = environment(resources.threads)
+    current = environment(resources.threads, device)
     differences = environment_differences(manifest, current)
     report.exact = not differences
     report.warnings += [f"environment differs from the manifest: {d}" for d in differences]

@@ -6,6 +6,7 @@ traceback unless --debug), 130 interrupted (everything finished so far is record
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import sys
@@ -49,6 +50,8 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if kwargs.get("debug"):
             _state["debug"] = True
+        if _state["debug"]:
+            logging.basicConfig(level=logging.INFO, format="hpconj: %(message)s")
         try:
             return command(*args, **kwargs)
         except typer.Exit:
@@ -260,6 +263,7 @@ def print_report(frames: Any) -> None:
     import numpy as np
 
     from hpconj.analysis import shift_sentences
+    from hpconj.report import interval_text
 
     meta = frames.meta
     optimum = Table(title=f"{meta['name']}: optimal lr per slice ({meta['task']}, {meta['optimizer']}, "
@@ -273,7 +277,7 @@ def print_report(frames: Any) -> None:
             continue
         edge = " (edge)" if r["at_edge"] else ""
         optimum.add_row(r["parameterization"], str(r["batch_size"]), f"{r['momentum']:g}",
-                        f"{r['log2_lr_opt']:.2f}{edge}", f"[{np.log2(r['lr_lo']):.2f}, {np.log2(r['lr_hi']):.2f}]",
+                        f"{r['log2_lr_opt']:.2f}{edge}", interval_text(r["lr_lo"], r["lr_hi"]),
                         f"{r['metric_opt']:.4g}", str(r["n_seeds"]))
     out.print(optimum)
     shift = Table(title="shift of log2 lr* (slope vs log2 B or log2(1 − β); regret of reusing the reference lr)")
@@ -311,5 +315,22 @@ def check(
 
 
 def main() -> None:
+    """Entry point: click's usage errors (a missing argument, --workers 0) also become one line."""
+    from typer.exceptions import TyperException
+
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except TyperException as exc:  # click's usage errors, as vendored by typer
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            out.print(ctx.get_help(), highlight=False)
+            sys.exit(0)
+        where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        err.print(f"[red]error:[/red] {escape(exc.format_message())}{escape(where)}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

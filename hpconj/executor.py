@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -64,14 +65,19 @@ class Resources:
     def choose(cls, workers: int | None, threads: int | None, device: torch.device, units: int,
                trial_steps: int | None = None) -> Resources:
         """Defaults: one worker per core (one on a GPU, or for a sweep too small to repay the few
-        seconds each worker takes to start), and cores // workers threads each."""
+        seconds each worker takes to start); one torch thread per worker on the CPU.
+
+        One thread, because with several MKL may split a matrix product differently depending
+        on its shape — and so on how many trials are stacked — which would make a trial's bits
+        depend on its cohort. Parallelism comes from the workers instead.
+        """
         cores = usable_cores()
         if workers is None:
             small = trial_steps is not None and trial_steps < SMALL_SWEEP_STEPS
             workers = 1 if device.type == "cuda" or small else cores
         workers = max(1, min(workers, max(units, 1)))
         if threads is None or threads <= 0:
-            threads = max(1, cores // workers)
+            threads = max(1, cores // workers) if device.type == "cuda" else 1
         return cls(workers, threads)
 
 
@@ -94,10 +100,15 @@ class LocalExecutor:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+    def close(self, terminate: bool = False) -> None:
+        """Stop the workers; `terminate` kills them mid-unit (after an interrupt)."""
+        if self._pool is None:
+            return
+        if terminate:
+            for process in list(getattr(self._pool, "_processes", {}).values()):
+                process.terminate()
+        self._pool.shutdown(wait=not terminate, cancel_futures=True)
+        self._pool = None
 
     def _workers(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -125,9 +136,9 @@ class LocalExecutor:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     yield from future.result()
-        finally:
-            for future in pending:
-                future.cancel()
+        except BaseException:
+            self.close(terminate=True)
+            raise
 
     def warm_up(self, spec: TaskSpec, device: torch.device) -> None:
         """Start the workers and build the task in each (for benchmarks that time the work alone)."""
@@ -140,6 +151,8 @@ _TASKS: dict[str, Task] = {}
 
 
 def _init_worker(threads: int) -> None:
+    # Ctrl-C is the main process's to handle: it records what came back and stops the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     apply_determinism()
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()

@@ -141,7 +141,7 @@ def summary_markdown(frames: Frames) -> str:
         bound = "" if not r["at_edge"] else ("≤ " if _is_low_edge(frames.curves, r) else "≥ ")
         lines.append(
             f"| {r['parameterization']} | {r['batch_size']} | {r['momentum']:g} | {bound}{r['lr_opt']:.3g} | "
-            f"{bound}{r['log2_lr_opt']:.2f} | [{np.log2(r['lr_lo']):.2f}, {np.log2(r['lr_hi']):.2f}] | "
+            f"{bound}{r['log2_lr_opt']:.2f} | {interval_text(r['lr_lo'], r['lr_hi'])} | "
             f"{r['metric_opt']:.4g} | {r['n_seeds']} |"
         )
     lines += ["", "## Shifts", "", "slope of log2 lr* against log2 B (batch size) or log2(1 − β) (momentum); "
@@ -156,6 +156,13 @@ def summary_markdown(frames: Frames) -> str:
             f"{_percent(r['regret_mean'])} | {r['n_slices']} | {r['n_edge']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def interval_text(lo: float, hi: float) -> str:
+    """[log2 lo, log2 hi], or – where there is no interval (a single seed)."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "–"
+    return f"[{np.log2(lo):.2f}, {np.log2(hi):.2f}]"
 
 
 def _percent(value: float) -> str:

@@ -108,10 +108,9 @@ def integrity_problems(folder: Path) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- environment
-def environment(threads: int) -> dict[str, Any]:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+def environment(threads: int, device: torch.device) -> dict[str, Any]:
     return {"hpconj": hpconj.__version__, "torch": torch.__version__, "platform": platform.platform(),
-            "device_type": device, "threads_per_worker": threads}
+            "device_type": device.type, "threads_per_worker": threads}
 
 
 def environment_differences(manifest: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -213,14 +212,27 @@ def load_stored(folder: Path) -> tuple[Config, pd.DataFrame, pd.DataFrame]:
 def compare_ids(config: Config, stored: pd.DataFrame, report: CheckReport, folder: Path) -> dict[str, Trial]:
     """Every stored trial must be one the stored config asks for, and none may be missing."""
     planned = {t.trial_id: t for t in expand_trials(config)}
+    # trials of lr values or seeds no longer in the grid are still this experiment's when their
+    # own fields rebuild their id under the stored config
+    for _, row in stored[~stored["trial_id"].isin(planned)].iterrows():
+        trial = rebuild_trial(config, row)
+        if trial.trial_id == row["trial_id"]:
+            planned[trial.trial_id] = trial
     present = set(stored["trial_id"])
     foreign = sorted(present - set(planned))
     if foreign:
         report.add(f"config.yaml", "trial ids", f"{len(foreign)} trials of trials.csv",
                    "not produced by the stored config (was it edited?)")
-    for trial_id in sorted(set(planned) - present):
+    for trial_id in sorted(set(t.trial_id for t in expand_trials(config)) - present):
         report.add(f"trials.csv trial {trial_id}", "row", "expected by the config", "missing")
     return planned
+
+
+def rebuild_trial(config: Config, row: pd.Series) -> Trial:
+    b_ref = row.get("reference_batch_size")
+    b_ref = None if b_ref is None or pd.isna(b_ref) else int(b_ref)
+    return Trial(config.task, config.optimizer, str(row["parameterization"]), float(row["lr"]), int(row["batch_size"]),
+                 float(row["momentum"]), int(row["seed"]), config.budget, b_ref)
 
 
 def compare_results(stored: pd.DataFrame, rerun: pd.DataFrame, stored_curves: pd.DataFrame, rerun_curves: pd.DataFrame,

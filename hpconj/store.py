@@ -117,7 +117,8 @@ class Store:
             self.db.executemany("INSERT INTO curves VALUES (?, ?, ?, ?)", points)
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # an interrupt may land after COMMIT
+                self.db.execute("ROLLBACK")
             raise
 
     def counts(self) -> dict[str, int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from hpconj.tasks import Task, TaskError, build_task
 from hpconj.trials import Cohort, Trial, expand_trials, group_cohorts
 
 RESULT_FILES = ("trials.csv", "curves.csv", "config.yaml", "manifest.json")
+ANALYSIS_FILES = ("optima.csv", "shifts.csv", "summary.md")
 
 
 class SweepError(RuntimeError):
@@ -61,6 +63,10 @@ class SweepOutcome:
 
 def plan_sweep(config: Config, task: Task) -> SweepPlan:
     """Expand the config; check every batch size against the data before any training."""
+    data = getattr(task, "data", None)
+    if config.metric.name == "val_error" and data is not None and not data.classes:
+        raise SweepError("metric.name: val_error needs classes, but task.data is a regression target; "
+                         "use val_loss or train_loss")
     steps = {}
     for b in config.sweep.batch_size:
         try:
@@ -107,6 +113,7 @@ def open_results(config: Config, folder: Path, fresh: bool) -> Store:
     if fresh:
         for name in (STORE_NAME, STORE_NAME + "-wal", STORE_NAME + "-shm", *RESULT_FILES):
             (folder / name).unlink(missing_ok=True)
+        remove_analysis(folder)
     try:
         store = Store.open(folder)
     except StoreError as exc:
@@ -121,6 +128,13 @@ def open_results(config: Config, folder: Path, fresh: bool) -> Store:
         )
     store.set_meta({"experiment_key": config.experiment_key(), "config": json.dumps(config.canonical())})
     return store
+
+
+def remove_analysis(folder: Path) -> None:
+    """Drop what `hpconj plot` wrote: it describes trials that are about to change."""
+    for name in ANALYSIS_FILES:
+        (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(folder / "plots", ignore_errors=True)
 
 
 def config_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
@@ -161,6 +175,8 @@ def run_sweep(
     if max_trials is not None:
         todo = todo[:max_trials]
     outcome = SweepOutcome(folder, total=len(plan.trials), skipped=sum(1 for t in plan.trials if t.trial_id in done))
+    if todo:
+        remove_analysis(folder)  # stale once new trials land: run hpconj plot again
     units = split_units(plan.cohorts, {t.trial_id for t in todo}, executor.chunk_size, executor.resources.workers)
     by_id = {t.trial_id: t for t in todo}
     write_atomic(folder / "config.yaml", yaml.safe_dump(config.canonical(), sort_keys=False))
@@ -235,5 +251,11 @@ def write_manifest(
         "trials": {"planned": len(expand_trials(config)), **store.counts()},
         "pid": os.getpid(),
     }
-    write_atomic(folder / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    previous = folder / "manifest.json"
+    if previous.is_file():  # keep the recorded file hashes until record_hashes replaces them
+        try:
+            manifest["files"] = json.loads(previous.read_text()).get("files", {})
+        except ValueError:
+            pass
+    write_atomic(previous, json.dumps(manifest, indent=2) + "\n")
 

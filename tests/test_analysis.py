@@ -85,9 +85,13 @@ def test_edge_cases():
     at_edge = optima(synthetic(lambda *a: -12.0, batch_sizes=(8,), params=("standard",))).iloc[0]
     assert at_edge["at_edge"] and at_edge["log2_lr_opt"] == GRID[0]  # a bound, not refined
     single_seed = optima(synthetic(linear_scaling, seeds=1)).iloc[0]
-    assert single_seed["n_seeds"] == 1 and single_seed["lr_lo"] == single_seed["lr_hi"] == single_seed["lr_opt"]
+    assert single_seed["n_seeds"] == 1 and math.isnan(single_seed["lr_lo"]) and math.isnan(single_seed["lr_hi"])
+    assert math.isfinite(single_seed["lr_opt"])
     one_lr = optima(synthetic(linear_scaling, grid=np.array([-7.5]))).iloc[0]
     assert one_lr["at_edge"] and one_lr["log2_lr_opt"] == -7.5
+    # nothing to transfer from an all-diverged reference slice: regret unknown, not "diverges"
+    mixed = pd.concat([all_diverged, synthetic(lambda *a: -6.0, batch_sizes=(16,), params=("standard",))])
+    assert math.isnan(shifts(mixed).iloc[0]["regret_max"])
     curves = slice_curves(all_diverged)
     assert (curves["metric_mean"] == math.inf).any() and "n_diverged" in curves
 

@@ -120,3 +120,14 @@ def test_committed_mlp_momentum_reproduces_on_a_sample():
     proc = run_cli("check", str(ROOT / "results" / "reference" / "mlp_momentum"), "--trials", "10%")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "reproduces" in proc.stdout
+
+
+def test_folder_rerun_with_a_smaller_grid_still_checks(copy, tmp_path):
+    """Trials of lr values no longer in the stored config are still this experiment's."""
+    from conftest import TINY
+
+    smaller = tmp_path / "smaller.yaml"
+    smaller.write_text(yaml.safe_dump({**TINY, "sweep": {**TINY["sweep"], "lr": {"values": [0.01, 0.1]}}}))
+    assert run_cli("sweep", str(smaller), "--out", str(copy), "--quiet").returncode == 0
+    proc = run_cli("check", str(copy), "--trials", "10%")
+    assert proc.returncode == 0, proc.stdout

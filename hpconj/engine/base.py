@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -56,6 +57,14 @@ class Engine(Protocol):
 
     def run(self, task: Task, trials: Sequence[Trial], device: torch.device) -> Iterator[TrialResult]:
         """Train `trials` (one cohort: same batch size and budget), yielding each result as it ends."""
+
+
+def failed_result(trial_id: str, exc: BaseException, wall_s: float) -> TrialResult:
+    """A trial whose user code raised: its error, where it was raised, and no numbers."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+    nan = math.nan
+    return TrialResult(trial_id, "failed", nan, nan, nan, 0, 0, wall_s, (), f"{type(exc).__name__}: {exc}{where}")
 
 
 def curve_steps(steps: int) -> set[int]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-import traceback
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -36,14 +36,15 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from torch.utils._pytree import tree_map
 
-from hpconj.engine.base import CurvePoint, TrialResult, curve_steps, is_diverged, tensors_digest
+from hpconj.engine.base import CurvePoint, TrialResult, curve_steps, failed_result, is_diverged, tensors_digest
 from hpconj.engine.reference import train_trial
-from hpconj.engine.stacked import Layer, SeedGroups, layer_plan, stacked_logits, stacked_loss_and_grads
+from hpconj.engine.stacked import Layer, layer_plan, stacked_logits, stacked_loss_and_grads
 from hpconj.tasks import Metrics, Task
 from hpconj.tasks.supervised import SupervisedTask
 from hpconj.trials import Trial
 
 DEFAULT_CHUNK = 256
+log = logging.getLogger("hpconj")  # shown with --debug
 
 
 class CohortEngine:
@@ -62,10 +63,12 @@ class CohortEngine:
                 for result in train_cohort(task, chunk, device):
                     done.add(result.trial_id)
                     yield result
-            except Exception:
+            except Exception as exc:
                 # A user model that fails in stacked form (it raises, or cannot be vmapped):
                 # run the rest one trial at a time, so that a failure is recorded against
                 # the trials that really fail, with their own error.
+                log.info("cohort of %d trials (B=%d) runs one trial at a time: %s: %s", len(chunk),
+                         chunk[0].batch_size, type(exc).__name__, exc)
                 for trial in chunk:
                     if trial.trial_id not in done:
                         yield train_trial(task, trial, device)
@@ -108,22 +111,34 @@ class _Stack:
         self.momentum = momentum if momentum is not None else {n: torch.zeros_like(p) for n, p in self.params.items()}
         self.grads = {n: torch.zeros_like(p) for n, p in self.params.items()}
         self.neg_lr, self.beta = neg_lr, beta
-        self._shaped = {n: (beta.view((-1,) + (1,) * (p.dim() - 1)), neg_lr.view((-1,) + (1,) * (p.dim() - 1)))
-                        for n, p in self.params.items()}
+        names = list(self.params)
+        # η and β broadcast (stride-0 views) to each parameter's shape, for the _foreach_ kernels
+        self._betas = [_spread(beta, self.params[n]) for n in names]
+        self._neg_lrs = [_spread(neg_lr, self.params[n]) for n in names]
+        self._lists = ([self.params[n] for n in names], [self.grads[n] for n in names],
+                       [self.momentum[n] for n in names])
 
     def step(self, nesterov: bool) -> None:
-        """torch.optim.SGD on every trial at once (see the module docstring)."""
-        for name, param in self.params.items():
-            beta, neg_lr = self._shaped[name]
-            grad, velocity = self.grads[name], self.momentum[name]
-            velocity.mul_(beta).add_(grad)
-            direction = grad.addcmul(velocity, beta) if nesterov else velocity
-            param.addcmul_(direction, neg_lr)
+        """torch.optim.SGD on every trial at once (see the module docstring).
+
+        The _foreach_ ops apply mul_ / add_ / addcmul_ tensor by tensor (the same kernels, so the
+        same bits) with one Python call per operation instead of one per parameter.
+        """
+        params, grads, velocities = self._lists
+        torch._foreach_mul_(velocities, self._betas)
+        torch._foreach_add_(velocities, grads)
+        directions = torch._foreach_addcmul(grads, velocities, self._betas) if nesterov else velocities
+        torch._foreach_addcmul_(params, directions, self._neg_lrs)
 
     def keep(self, rows: torch.Tensor) -> _Stack:
         pick = {n: v.index_select(0, rows) for n, v in self.params.items()}
         mom = {n: v.index_select(0, rows) for n, v in self.momentum.items()}
         return _Stack(pick, self.neg_lr.index_select(0, rows), self.beta.index_select(0, rows), mom)
+
+
+def _spread(per_trial: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A [K] tensor as a stride-0 view of `like`'s shape [K, ...]."""
+    return per_trial.view((-1,) + (1,) * (like.dim() - 1)).expand_as(like)
 
 
 @dataclass
@@ -147,7 +162,6 @@ class _Live:
 
 def train_cohort(task: Task, trials: list[Trial], device: torch.device) -> Iterator[TrialResult]:
     """Train trials that share task, batch size and budget; yield each result when it ends."""
-    trials = sorted(trials, key=lambda t: t.seed)  # trials of one seed share batches: keep them adjacent
     clock = _Clock(time.perf_counter(), len(trials))
     batch_size = trials[0].batch_size
     steps = task.steps(trials[0].budget, batch_size)
@@ -201,16 +215,11 @@ class _BatchStacker:
         self.streams = [task.batch_stream(s, batch_size, steps, device) for s in seeds]
         self.device = device
         self.rows = torch.zeros(0, dtype=torch.int64)
-        self.bounds: tuple[tuple[int, int], ...] = ()
-        self.present: list[int] = []
 
     def select(self, trials: list[Trial]) -> None:
-        """Record which seed each live trial reads (trials are ordered by seed)."""
+        """Record which seed each live trial reads."""
         position = {s: i for i, s in enumerate(self.seeds)}
-        rows = [position[t.seed] for t in trials]
-        self.rows = torch.tensor(rows, dtype=torch.int64, device=self.device)
-        self.present = sorted(set(rows))
-        self.bounds = tuple((rows.index(r), len(rows) - rows[::-1].index(r)) for r in self.present)
+        self.rows = torch.tensor([position[t.seed] for t in trials], dtype=torch.int64, device=self.device)
 
     def next(self) -> _StepBatch:
         return _StepBatch([next(stream) for stream in self.streams], self)
@@ -226,11 +235,6 @@ class _StepBatch:
         stacked = tree_map(lambda *xs: torch.stack(xs), *self.per_seed)
         return tree_map(lambda x: x.index_select(0, self.stacker.rows), stacked)
 
-    def groups_and_targets(self) -> tuple[SeedGroups, torch.Tensor]:
-        xs = tuple(self.per_seed[r][0] for r in self.stacker.present)
-        targets = torch.stack([b[1] for b in self.per_seed]).index_select(0, self.stacker.rows)
-        return SeedGroups(xs, self.stacker.bounds), targets
-
 
 StepFunction = Callable[[_Stack, dict[str, torch.Tensor], _StepBatch], torch.Tensor]
 
@@ -245,8 +249,8 @@ def _step_function(task: Task, base: _LossOf, layers: list[Layer] | None) -> Ste
         classes = task.data.classes
 
         def stacked(state: _Stack, buffers: dict[str, torch.Tensor], batch: _StepBatch) -> torch.Tensor:
-            groups, targets = batch.groups_and_targets()
-            return stacked_loss_and_grads(layers, state.params, groups, targets, classes, out=state.grads)
+            x, y = batch.stacked()
+            return stacked_loss_and_grads(layers, state.params, x, y, classes, out=state.grads)
 
         return stacked
 
@@ -327,16 +331,14 @@ def _finish(task: Task, live: _Live, base: _LossOf, layers: list[Layer] | None, 
         return
     if layers is not None:
         params = live.state.params
-        all_metrics: list[Metrics | str] = list(
+        all_metrics: list[Metrics | Exception] = list(
             task.evaluate_outputs(lambda x: stacked_logits(layers, params, x), len(live.trials))
         )
     else:
         all_metrics = [_evaluate_one(task, _trial_model(live, base, i)) for i in range(len(live.trials))]
     for i, (trial, metrics) in enumerate(zip(live.trials, all_metrics)):
-        if isinstance(metrics, str):
-            nan = math.nan
-            yield TrialResult(trial.trial_id, "failed", nan, nan, nan, steps, steps * batch_size, clock.share(),
-                              tuple(live.curves[i]), metrics)
+        if isinstance(metrics, BaseException):
+            yield failed_result(trial.trial_id, metrics, clock.share())  # exactly as the reference records it
         elif is_diverged(metrics.train_loss, live.initial[i]) or not math.isfinite(metrics.val_loss):
             yield _diverged(trial, live.curves[i], steps, batch_size, clock)
         else:
@@ -345,9 +347,9 @@ def _finish(task: Task, live: _Live, base: _LossOf, layers: list[Layer] | None, 
                               tensors_digest(_trial_state(live, i)))
 
 
-def _evaluate_one(task: Task, model: nn.Module) -> Metrics | str:
+def _evaluate_one(task: Task, model: nn.Module) -> Metrics | Exception:
     """A user model may raise here too: that trial fails with its error, the others do not."""
     try:
         return task.evaluate(model)
     except Exception as exc:
-        return traceback.format_exception_only(type(exc), exc)[-1].strip()
+        return exc

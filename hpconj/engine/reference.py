@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import math
 import time
-import traceback
 from collections.abc import Iterator, Sequence
 
 import torch
 
-from hpconj.engine.base import CurvePoint, TrialResult, curve_steps, is_diverged, params_digest
+from hpconj.engine.base import CurvePoint, TrialResult, curve_steps, failed_result, is_diverged, params_digest
 from hpconj.tasks import Task
 from hpconj.trials import Trial
 
@@ -33,11 +32,7 @@ def train_trial(task: Task, trial: Trial, device: torch.device) -> TrialResult:
     try:
         return _train(task, trial, device, steps, start)
     except Exception as exc:  # a user model or data function that raises must not stop the sweep
-        tb = traceback.extract_tb(exc.__traceback__)
-        where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
-        message = f"{type(exc).__name__}: {exc}{where}"
-        nan = math.nan
-        return TrialResult(trial.trial_id, "failed", nan, nan, nan, 0, 0, time.perf_counter() - start, (), message)
+        return failed_result(trial.trial_id, exc, time.perf_counter() - start)
 
 
 def _train(task: Task, trial: Trial, device: torch.device, steps: int, start: float) -> TrialResult:

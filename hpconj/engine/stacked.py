@@ -14,6 +14,7 @@ weights stay bit-identical to torch.optim.SGD on a single model (tested):
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -67,53 +68,28 @@ def _act_backward(name: str, grad: torch.Tensor, pre: torch.Tensor, post: torch.
     return aten.gelu_backward(grad, pre)
 
 
-@dataclass(frozen=True)
-class SeedGroups:
-    """Trials that share a batch (one seed) sit in consecutive rows: (first, end) per seed, with
-    that seed's inputs [B, d]. The first layer of a whole group is then one large GEMM,
-    x·[W_a; …; W_b]ᵀ, instead of b − a small ones — bit-identical per output element (tested)."""
-
-    inputs: tuple[torch.Tensor, ...]
-    bounds: tuple[tuple[int, int], ...]
-
-
-def _first_layer(layer: Layer, params: dict[str, torch.Tensor], groups: SeedGroups) -> torch.Tensor:
-    """z₁ [K, B, out] (a transposed view of a [B, K, out] buffer) from each group's shared inputs."""
-    weight = params[layer.weight]
-    k, out_dim, in_dim = weight.shape
-    parts = []
-    for x, (a, b) in zip(groups.inputs, groups.bounds):
-        w = weight[a:b].reshape((b - a) * out_dim, in_dim).t()
-        z = torch.addmm(params[layer.bias][a:b].reshape(-1), x, w) if layer.bias is not None else torch.mm(x, w)
-        parts.append(z.view(x.shape[0], b - a, out_dim))
-    # contiguous [K, B, out]: later reductions over the batch then run in the reference's order
-    return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)).transpose(0, 1).contiguous()
-
-
-def _first_layer_weight_grad(layer: Layer, grad: torch.Tensor, groups: SeedGroups,
-                             out: dict[str, torch.Tensor]) -> None:
-    """∂W₁ of each group as one GEMM: [B, n·out]ᵀ·x → [n·out, in], written into `out`."""
-    target = out[layer.weight]
-    k, out_dim, in_dim = target.shape
-    for x, (a, b) in zip(groups.inputs, groups.bounds):
-        g = grad[a:b].transpose(0, 1).reshape(x.shape[0], (b - a) * out_dim)
-        torch.mm(g.t(), x, out=target[a:b].view((b - a) * out_dim, in_dim))
+@functools.lru_cache(maxsize=64)
+def _per_target(batch: int, device: torch.device) -> torch.Tensor:
+    """nll_loss's gradient at each target for a batch mean: −1/B, computed in float32 as torch does."""
+    return (torch.tensor(-1.0, device=device) / torch.tensor(float(batch), device=device)).reshape(1, 1)
 
 
 def stacked_loss_and_grads(
-    layers: list[Layer], params: dict[str, torch.Tensor], groups: SeedGroups, y: torch.Tensor, classes: int,
+    layers: list[Layer], params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, classes: int,
     out: dict[str, torch.Tensor],
 ) -> torch.Tensor:
-    """Batch-mean losses [K] of the stacked trials; their gradients go into `out` [K, ...]."""
-    k, batch = y.shape[0], y.shape[1]
+    """Batch-mean losses [K] for stacked inputs x [K, B, d]; the gradients go into `out` [K, ...].
+
+    Every product is per trial (bmm): a single wide GEMM over several trials would be faster
+    but its bits can depend on how many trials share it once MKL uses several threads.
+    """
+    k, batch = x.shape[0], x.shape[1]
     inputs, pres, posts = [], [], []
-    h = None
-    for index, layer in enumerate(layers):
+    h = x
+    for layer in layers:
         weight = params[layer.weight]
         inputs.append(h)
-        if index == 0:
-            z = _first_layer(layer, params, groups)
-        elif layer.bias is not None:
+        if layer.bias is not None:
             z = torch.baddbmm(params[layer.bias].unsqueeze(1), h, weight.transpose(1, 2))
         else:
             z = torch.bmm(h, weight.transpose(1, 2))
@@ -128,8 +104,7 @@ def stacked_loss_and_grads(
         losses = -picked.reshape(k, batch).mean(1)
         # nll_loss backward (mean): −1/B at each target (B as float32, like its total_weight)
         seed = torch.zeros_like(logp)
-        per_target = (torch.tensor(-1.0, device=y.device) / torch.tensor(float(batch), device=y.device))
-        seed.scatter_(1, y.reshape(-1, 1), per_target.expand(k * batch, 1).contiguous())
+        seed.scatter_(1, y.reshape(-1, 1), _per_target(batch, y.device).expand(k * batch, 1))
         grad = aten._log_softmax_backward_data(seed, logp, 1, torch.float32).reshape(k, batch, outputs)
     else:
         diff = logits - y
@@ -138,10 +113,7 @@ def stacked_loss_and_grads(
         grad = diff.mul(2.0 / (batch * outputs)).mul_(1.0)
     for index in range(len(layers) - 1, -1, -1):
         layer = layers[index]
-        if index == 0:
-            _first_layer_weight_grad(layer, grad, groups, out)
-        else:
-            torch.bmm(grad.transpose(1, 2), inputs[index], out=out[layer.weight])
+        torch.bmm(grad.transpose(1, 2), inputs[index], out=out[layer.weight])
         if layer.bias is not None:
             torch.sum(grad, 1, out=out[layer.bias])
         if index > 0:
