@@ -111,24 +111,18 @@ class _Stack:
         self.momentum = momentum if momentum is not None else {n: torch.zeros_like(p) for n, p in self.params.items()}
         self.grads = {n: torch.zeros_like(p) for n, p in self.params.items()}
         self.neg_lr, self.beta = neg_lr, beta
-        names = list(self.params)
-        # η and β broadcast (stride-0 views) to each parameter's shape, for the _foreach_ kernels
-        self._betas = [_spread(beta, self.params[n]) for n in names]
-        self._neg_lrs = [_spread(neg_lr, self.params[n]) for n in names]
-        self._lists = ([self.params[n] for n in names], [self.grads[n] for n in names],
-                       [self.momentum[n] for n in names])
+        # η and β as [K, 1, ...] per parameter: each kernel broadcasts them over a trial's elements
+        # (measured: faster than _foreach_ ops on stride-0 expanded views of the same)
+        self._shaped = {n: (_column(beta, p), _column(neg_lr, p)) for n, p in self.params.items()}
 
     def step(self, nesterov: bool) -> None:
-        """torch.optim.SGD on every trial at once (see the module docstring).
-
-        The _foreach_ ops apply mul_ / add_ / addcmul_ tensor by tensor (the same kernels, so the
-        same bits) with one Python call per operation instead of one per parameter.
-        """
-        params, grads, velocities = self._lists
-        torch._foreach_mul_(velocities, self._betas)
-        torch._foreach_add_(velocities, grads)
-        directions = torch._foreach_addcmul(grads, velocities, self._betas) if nesterov else velocities
-        torch._foreach_addcmul_(params, directions, self._neg_lrs)
+        """torch.optim.SGD on every trial at once (see the module docstring)."""
+        for name, param in self.params.items():
+            beta, neg_lr = self._shaped[name]
+            grad, velocity = self.grads[name], self.momentum[name]
+            velocity.mul_(beta).add_(grad)
+            direction = grad.addcmul(velocity, beta) if nesterov else velocity
+            param.addcmul_(direction, neg_lr)
 
     def keep(self, rows: torch.Tensor) -> _Stack:
         pick = {n: v.index_select(0, rows) for n, v in self.params.items()}
@@ -136,9 +130,9 @@ class _Stack:
         return _Stack(pick, self.neg_lr.index_select(0, rows), self.beta.index_select(0, rows), mom)
 
 
-def _spread(per_trial: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A [K] tensor as a stride-0 view of `like`'s shape [K, ...]."""
-    return per_trial.view((-1,) + (1,) * (like.dim() - 1)).expand_as(like)
+def _column(per_trial: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A [K] tensor shaped [K, 1, ...] to broadcast over `like` [K, ...]."""
+    return per_trial.view((-1,) + (1,) * (like.dim() - 1))
 
 
 @dataclass
