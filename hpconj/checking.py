@@ -73,7 +73,7 @@ def run_check(folder: Path, *, integrity_only: bool, sample: str, rtol: float | 
     report.rerun = len(rerun)
     compare_results(stored, rerun, stored_curves, rerun_curves, report, rtol, atol, folder)
     merged = pd.concat([stored[~stored["trial_id"].isin(rerun["trial_id"])], rerun[stored.columns]])
-    compare_analysis(folder, merged, report, rtol, atol)
+    compare_analysis(folder, stored, merged, report, rtol, atol)
     tolerance = "bit-equal" if rtol == 0 and atol == 0 else f"rtol {rtol:g}, atol {atol:g}"
     _print(console, report, f"{report.rerun} of {len(stored)} trials re-run ({engine} engine, {tolerance})", folder)
     return report

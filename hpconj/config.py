@@ -31,11 +31,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov")
-METRICS = ("train_loss", "val_loss", "val_error")
 BUILTIN_MODELS = ("mlp", "deep_linear", "quadratic")
-BUILTIN_DATA = ("teacher", "digits", "mnist1d")
-ACTIVATIONS = ("relu", "tanh", "gelu")
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 

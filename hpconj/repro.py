@@ -96,7 +96,7 @@ def integrity_problems(folder: Path) -> list[str]:
     manifest = read_manifest(folder)
     recorded: dict[str, str] = manifest.get("files") or {}
     if not recorded:
-        raise CheckError(f"manifest.json: records no file hashes (made by an older hpconj?)")
+        raise CheckError("manifest.json: records no file hashes (made by an older hpconj?)")
     problems = []
     for name, digest in sorted(recorded.items()):
         path = folder / name
@@ -205,7 +205,7 @@ def load_stored(folder: Path) -> tuple[Config, pd.DataFrame, pd.DataFrame]:
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise CheckError(f"{folder}: unreadable results ({type(exc).__name__}: {exc})") from None
     if not isinstance(raw, dict):
-        raise CheckError(f"config.yaml: not a config mapping")
+        raise CheckError("config.yaml: not a config mapping")
     return config_from_dict(raw, label=str(folder / "config.yaml")), trials, curves
 
 
@@ -221,7 +221,7 @@ def compare_ids(config: Config, stored: pd.DataFrame, report: CheckReport, folde
     present = set(stored["trial_id"])
     foreign = sorted(present - set(planned))
     if foreign:
-        report.add(f"config.yaml", "trial ids", f"{len(foreign)} trials of trials.csv",
+        report.add("config.yaml", "trial ids", f"{len(foreign)} trials of trials.csv",
                    "not produced by the stored config (was it edited?)")
     for trial_id in sorted(set(t.trial_id for t in expand_trials(config)) - present):
         report.add(f"trials.csv trial {trial_id}", "row", "expected by the config", "missing")
@@ -260,10 +260,11 @@ def compare_results(stored: pd.DataFrame, rerun: pd.DataFrame, stored_curves: pd
             report.add(f"curves.csv trial {key[0]}", f"train_loss at step {key[1]}", a[key], b[key])
 
 
-def compare_analysis(folder: Path, merged: pd.DataFrame, report: CheckReport, rtol: float, atol: float) -> None:
+def compare_analysis(folder: Path, stored: pd.DataFrame, merged: pd.DataFrame, report: CheckReport, rtol: float,
+                     atol: float) -> None:
     """Re-derive optima and shifts from the (partly re-run) trials; compare with the stored tables."""
     keys = ["parameterization", "optimizer", "batch_size", "momentum"]
-    stored_best, now_best = best_grid_lr(_stored_metric(folder)), best_grid_lr(merged)
+    stored_best, now_best = best_grid_lr(stored), best_grid_lr(merged)
     joined = stored_best.merge(now_best, on=keys, suffixes=("_stored", "_now"))
     for _, r in joined.iterrows():
         if not same(r["lr_best_stored"], r["lr_best_now"], 0.0, 0.0):
@@ -283,10 +284,6 @@ def compare_analysis(folder: Path, merged: pd.DataFrame, report: CheckReport, rt
                 if not same(r[f"{name}_stored"], r[f"{name}_now"], max(rtol, 1e-9), max(atol, 1e-9)):
                     report.add(f"shifts.csv {r['parameterization']} {r['axis']} at {r['fixed']}", name,
                                r[f"{name}_stored"], r[f"{name}_now"])
-
-
-def _stored_metric(folder: Path) -> pd.DataFrame:
-    return pd.read_csv(folder / "trials.csv")
 
 
 def _slice(row: pd.Series) -> str:
