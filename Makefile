@@ -7,10 +7,12 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: setup demo test bench clean
 
-$(STAMP): pyproject.toml constraints.txt
+# Reinstalled whenever the dependencies (pyproject.toml, constraints.txt) or these lines change.
+# The `ray` extra is installed so that `make test` runs the Ray executor's tests.
+$(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c constraints.txt "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,ray]"
 	touch $(STAMP)
 
 setup: $(STAMP)

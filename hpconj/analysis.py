@@ -22,6 +22,9 @@ at every other value; regret = m(transferred lr) / m(x*) − 1 on that slice's c
 (log m interpolated linearly in x; +inf where the transferred lr diverges or leaves the grid;
 NaN when the reference slice has no optimum or only an edge bound to transfer).
 A single seed gives no interval (NaN): the bootstrap needs at least two.
+Gradient noise scale (hpconj.noise, McCandlish et al. 2018): B_simple = tr Σ / |G|² per seed at
+initialisation; across seeds, tr Σ and |G|² are averaged first and B_simple is their ratio
+(a seed whose |G|² estimate is near zero would dominate a mean of ratios).
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ import pandas as pd
 
 SLICE_AXES = ["parameterization", "optimizer", "batch_size", "momentum"]
 SHIFT_AXES = {"batch_size": "log2 B", "momentum": "log2(1 − β)"}
+NOISE_SUMMARY_COLUMNS = ["row", "seed", "examples", "trace_sigma", "grad_norm_sq", "b_simple"]
 B_BOOT = 500
 BOOT_SEED = 20181231
 
@@ -284,3 +288,64 @@ def shift_sentences(shift: pd.DataFrame, optimum: pd.DataFrame) -> list[str]:
         tail = f" {edges} optima at the edge of the lr grid are bounds only and were left out of the fits." if edges else ""
         sentences.append(f"**{param}**: " + "; ".join(parts) + "." + tail)
     return sentences
+
+
+# ----------------------------------------------------------------------------- noise scale
+def noise_summary(noise: pd.DataFrame) -> pd.DataFrame:
+    """noise_scale.csv's per-seed rows (row = "seed") and one row = "mean": tr Σ and |G|² averaged
+    over the seeds with finite values, B_simple = their ratio (+inf when the mean |G|² ≤ 0).
+    Empty when nothing was measured."""
+    if noise is None or noise.empty or "b_simple" not in noise.columns:
+        return pd.DataFrame(columns=NOISE_SUMMARY_COLUMNS)
+    seeds = noise.sort_values("seed", kind="stable").reset_index(drop=True)
+    out = pd.DataFrame({
+        "row": "seed",
+        "seed": seeds["seed"].astype("Int64"),
+        "examples": seeds["examples"].astype("Int64"),
+        "trace_sigma": seeds["trace_sigma"].astype(float),
+        "grad_norm_sq": seeds["grad_norm_sq"].astype(float),
+        "b_simple": seeds["b_simple"].astype(float),
+    })
+    usable = out[np.isfinite(out["trace_sigma"]) & np.isfinite(out["grad_norm_sq"])]
+    trace = float(usable["trace_sigma"].mean()) if len(usable) else math.nan
+    signal = float(usable["grad_norm_sq"].mean()) if len(usable) else math.nan
+    b_simple = math.nan if not np.isfinite(trace) else (trace / signal if signal > 0 else math.inf)
+    mean = pd.DataFrame({"row": ["mean"], "seed": pd.array([pd.NA], dtype="Int64"),
+                         "examples": pd.array([pd.NA], dtype="Int64"), "trace_sigma": [trace],
+                         "grad_norm_sq": [signal], "b_simple": [b_simple]})
+    return pd.concat([out, mean], ignore_index=True)[NOISE_SUMMARY_COLUMNS]
+
+
+def mean_noise_scale(summary: pd.DataFrame) -> float:
+    """B_simple of noise_summary's mean row; NaN when there is none."""
+    if summary is None or summary.empty or "row" not in summary.columns:
+        return math.nan
+    mean = summary[summary["row"] == "mean"]
+    return float(mean["b_simple"].iloc[0]) if len(mean) else math.nan
+
+
+def noise_sentence(summary: pd.DataFrame, batch_sizes: list[float]) -> str:
+    """What B_simple says about lr–batch-size conjugacy, with the swept batch sizes placed on either side."""
+    b_simple = mean_noise_scale(summary)
+    text = ("Conjugacy of lr and batch size is expected for batch sizes below B_simple (McCandlish et al. 2018): "
+            "there a larger batch mostly removes gradient noise and the optimal lr grows with B; above it the "
+            "gradient is nearly exact and the optimal lr saturates.")
+    if not np.isfinite(b_simple) or not batch_sizes:
+        return text
+    below = [b for b in batch_sizes if b < b_simple]
+    above = [b for b in batch_sizes if b >= b_simple]
+    def listed(values: list[float]) -> str:
+        return ", ".join(f"{b:g}" for b in values) + (" is" if len(values) == 1 else " are")
+
+    where = ("all swept batch sizes lie below it" if not above else "all swept batch sizes lie above it" if not below
+             else f"of the swept batch sizes, {listed(below)} below it and {listed(above)} above")
+    return f"{text} Here B_simple ≈ {noise_scale_text(b_simple)}: {where}."
+
+
+def noise_scale_text(value: float) -> str:
+    """B_simple rounded for reading: 37, 1,234, 2.1, 0.53; ∞ when no signal was resolved."""
+    if np.isposinf(value):
+        return "∞"
+    if not np.isfinite(value):
+        return "–"
+    return f"{value:,.0f}" if abs(value) >= 10 else f"{value:.2g}"

@@ -104,15 +104,24 @@ def sweep(
     fresh: bool = typer.Option(False, "--fresh", help="Discard results already in the folder."),
     max_trials: Optional[int] = typer.Option(None, "--max-trials", min=1, help="Run at most N unfinished trials."),
     engine: str = typer.Option("cohort", "--engine", help="cohort (stacked, fast) | reference (one at a time)."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes [default: one per core; 1 on CUDA]."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=1,
+        help="Worker processes [default: one per core; 1 on CUDA]. With --executor ray: the most tasks at once "
+             "(default: the cluster's CPUs; on CUDA 2 per GPU)."),
     threads: int = typer.Option(0, "--threads", min=0, help="Torch threads per worker [default: cores // workers]."),
-    chunk_size: int = typer.Option(DEFAULT_CHUNK, "--chunk-size", min=1, help="Most trials trained as one stack."),
+    chunk_size: int = typer.Option(DEFAULT_CHUNK, "--chunk-size", min=1,
+                                   help="Most trials trained as one stack (on CUDA also fitted to free memory)."),
+    executor_kind: Optional[str] = typer.Option(
+        None, "--executor", help="local (this machine) | ray (Ray tasks) (default: the config's executor: key, else local)."),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="With --executor ray: a running Ray cluster, host:port as `ray start --head` prints it "
+                                "(default: $RAY_ADDRESS, else start a local Ray instance)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     debug: bool = DebugOpt,
 ) -> None:
     """Train every trial of a sweep and record it in results/<name>/."""
     from hpconj import sweep as sweeping
-    from hpconj.executor import LocalExecutor, Resources
+    from hpconj.executor import EXECUTORS, ExecutorError, make_executor
     from hpconj.progress import SweepProgress, print_summary
 
     config = load_config(config_path)
@@ -120,16 +129,28 @@ def sweep(
         config = _with_device(config, device)
     if engine not in ENGINES:
         raise BadInput(f"--engine: must be one of {' | '.join(ENGINES)}, got {engine!r}")
+    kind = executor_kind if executor_kind is not None else config.executor
+    if kind not in EXECUTORS:
+        raise BadInput(f"--executor: must be one of {' | '.join(EXECUTORS)}, got {kind!r}")
+    if address is not None and kind != "ray":
+        raise BadInput("--address is the address of a Ray cluster: it needs --executor ray (or executor: ray)")
+    config = config.model_copy(update={"executor": kind})  # config.yaml records where the trials ran
     folder = out_dir if out_dir is not None else Path("results") / config.name
     torch_device = sweeping.resolve_device(config.device)
     task = sweeping.load_task(config)
     plan = sweeping.plan_sweep(config, task)
-    resources = Resources.choose(workers, threads, torch_device, units=len(plan.trials), trial_steps=plan.total_steps)
-    with LocalExecutor(engine, resources, chunk_size) as executor, SweepProgress(err, enabled=not quiet) as progress:
-        outcome = sweeping.run_sweep(
-            plan, task, folder, executor, torch_device, fresh=fresh, max_trials=max_trials,
-            on_start=progress.start, on_result=progress.advance,
+    try:
+        executor = make_executor(
+            kind, engine, task=task, device=torch_device, batch_sizes=config.sweep.batch_size, chunk_size=chunk_size,
+            workers=workers, threads=threads, units=len(plan.trials), trial_steps=plan.total_steps, address=address,
         )
+        with executor, SweepProgress(err, enabled=not quiet) as progress:
+            outcome = sweeping.run_sweep(
+                plan, task, folder, executor, torch_device, fresh=fresh, max_trials=max_trials,
+                on_start=progress.start, on_result=progress.advance,
+            )
+    except ExecutorError as exc:  # Ray missing or unreachable, a task that raised or was lost
+        raise BadInput(str(exc)) from exc
     if not quiet:
         print_summary(out, folder, config, outcome)
     if outcome.interrupted:
@@ -164,7 +185,9 @@ def validate(config_path: Path = ConfigArg, debug: bool = DebugOpt) -> None:
     lrs = config.lrs
     out.print(f"[green]ok[/green] {config_path}: {config.name}", highlight=False)
     out.print(f"  task        {task.description}", highlight=False)
-    out.print(f"  optimizer   {config.optimizer}; parameterizations: {', '.join(config.parameterizations)}"
+    settings = config.optimizer_settings
+    detail = f" ({', '.join(f'{k}={v:g}' for k, v in settings.model_dump().items())})" if settings else ""
+    out.print(f"  optimizer   {config.optimizer}{detail}; parameterizations: {', '.join(config.parameterizations)}"
               f" (B_ref = {config.reference_batch_size})", highlight=False)
     out.print(f"  lr          {len(lrs)} values, 2^{math.log2(lrs[0]):.2f} .. 2^{math.log2(lrs[-1]):.2f}", highlight=False)
     out.print(f"  batch sizes {config.sweep.batch_size} → steps {[plan.steps[b] for b in config.sweep.batch_size]}",
@@ -215,6 +238,10 @@ def tasks(debug: bool = DebugOpt) -> None:
         "sgd": "θ ← θ − η·g (momentum must be 0)",
         "momentum": "heavy ball, torch.optim.SGD: v ← β·v + g; θ ← θ − η·v",
         "nesterov": "torch.optim.SGD(nesterov=True): θ ← θ − η·(g + β·v)",
+        "adam": "torch.optim.Adam; β1 is the momentum axis (default 0.9), adam: {beta2, eps}",
+        "rmsprop": "torch.optim.RMSprop (not centered); momentum axis, rmsprop: {alpha, eps}",
+        "adagrad": "torch.optim.Adagrad (momentum must be 0), adagrad: {eps}",
+        "mcallester": "McAllester's noise-adaptive SGD; lr is λ_η, mcallester: {lambda_b, eps, warmup}",
     }
     for name, text in optimizers.items():
         table.add_row("optimizer", name, text)

@@ -327,13 +327,62 @@ class Metric(Record):
     goal: Literal["minimize"] = "minimize"
 
 
+SGD_FAMILY = ("sgd", "momentum", "nesterov")
+ADAPTIVE = ("adam", "rmsprop", "adagrad")
+
+
+class AdamSettings(Record):
+    """torch.optim.Adam's β2 and eps; β1 is the sweep's momentum axis (default [0.9])."""
+
+    beta2: float = Field(0.999, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+
+
+class RMSpropSettings(Record):
+    """torch.optim.RMSprop's smoothing constant α and eps; its momentum is the sweep's momentum axis."""
+
+    alpha: float = Field(0.99, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+
+
+class AdagradSettings(Record):
+    """torch.optim.Adagrad's eps (no lr decay, initial accumulator 0)."""
+
+    eps: float = Field(1e-10, gt=0)
+
+
+class McAllesterSettings(Record):
+    """Meta-parameters of McAllester's noise-adaptive SGD (see hpconj.optimizers); lr is λ_η."""
+
+    lambda_b: float = Field(16.0, gt=0)
+    eps: float = Field(1e-12, gt=0)
+    warmup: int = Field(10, ge=1, strict=True)
+
+
+OPTIMIZER_SETTINGS: dict[str, type[Record]] = {
+    "adam": AdamSettings, "rmsprop": RMSpropSettings, "adagrad": AdagradSettings, "mcallester": McAllesterSettings,
+}
+DEFAULT_MOMENTUM: dict[str, float] = {"adam": 0.9}
+
+
+class NoiseScale(Record):
+    """The gradient noise scale B_simple, measured per seed at initialisation on `examples` examples."""
+
+    enabled: bool = True
+    examples: int = Field(1024, gt=1, strict=True)
+
+
 class Config(Record):
     """A whole sweep, validated. Nothing downstream reads YAML again."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     task: TaskSpec
-    optimizer: Literal["sgd", "momentum", "nesterov"] = "momentum"
-    parameterizations: list[Literal["standard", "conjugate"]] = Field(
+    optimizer: Literal["sgd", "momentum", "nesterov", "adam", "rmsprop", "adagrad", "mcallester"] = "momentum"
+    adam: AdamSettings | None = None
+    rmsprop: RMSpropSettings | None = None
+    adagrad: AdagradSettings | None = None
+    mcallester: McAllesterSettings | None = None
+    parameterizations: list[Literal["standard", "sqrt", "conjugate"]] = Field(
         default_factory=lambda: ["standard", "conjugate"], min_length=1
     )
     reference_batch_size: int = Field(1, gt=0, strict=True)
@@ -341,7 +390,44 @@ class Config(Record):
     sweep: Sweep
     seeds: list[Annotated[int, Field(ge=0, strict=True)]] = Field(default_factory=lambda: [0], min_length=1)
     metric: Metric = Field(default_factory=Metric)
+    noise_scale: NoiseScale = Field(default_factory=NoiseScale)
     device: str = "auto"
+    executor: Literal["local", "ray"] = "local"  # where the trials run; --executor overrides it
+
+    @model_validator(mode="before")
+    @classmethod
+    def _optimizer_defaults(cls, data: Any) -> Any:
+        """Resolve the active optimizer's settings block and its default momentum axis, so that the
+        stored config states every value a trial used."""
+        if not isinstance(data, dict) or not isinstance(data.get("optimizer"), str):
+            return data
+        name = data["optimizer"]
+        data = dict(data)
+        if name in OPTIMIZER_SETTINGS and data.get(name) is None:
+            data[name] = {}
+        sweep = data.get("sweep")
+        default_momentum = DEFAULT_MOMENTUM.get(name)
+        block = data.get("adam")
+        if name == "adam" and isinstance(block, dict) and "betas" in block:
+            default_momentum, data["adam"] = cls._split_betas(block, sweep)
+        if default_momentum is not None and isinstance(sweep, dict) and "momentum" not in sweep:
+            data["sweep"] = {**sweep, "momentum": [default_momentum]}
+        return data
+
+    @staticmethod
+    def _split_betas(block: dict[str, Any], sweep: Any) -> tuple[float, dict[str, Any]]:
+        """torch's `betas: [β1, β2]`: β1 becomes the momentum axis' default, β2 the block's beta2."""
+        betas = block["betas"]
+        if (not isinstance(betas, list) or len(betas) != 2
+                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)):
+            raise _keyed("adam.betas", f"must be a list of two numbers [β1, β2], got {betas!r}")
+        if "beta2" in block:
+            raise _keyed("adam.betas", "give β2 once: either adam.betas or adam.beta2")
+        if isinstance(sweep, dict) and "momentum" in sweep:
+            raise _keyed("adam.betas", "β1 is the sweep's momentum axis and sweep.momentum is given: "
+                         "write adam: {beta2: ...} and keep β1 in sweep.momentum")
+        rest = {k: v for k, v in block.items() if k != "betas"}
+        return float(betas[0]), {**rest, "beta2": betas[1]}
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -373,6 +459,14 @@ class Config(Record):
         if self.optimizer == "sgd" and any(b != 0 for b in self.sweep.momentum):
             raise _keyed("sweep.momentum", "optimizer sgd has no momentum: use optimizer: momentum, or "
                          f"sweep.momentum: [0.0], got {list(self.sweep.momentum)}")
+        if self.optimizer in ("adagrad", "mcallester") and any(b != 0 for b in self.sweep.momentum):
+            raise _keyed("sweep.momentum", f"optimizer {self.optimizer} has no momentum: give sweep.momentum: [0.0] "
+                         f"or leave it out, got {list(self.sweep.momentum)}")
+        for other in OPTIMIZER_SETTINGS:
+            if other != self.optimizer and getattr(self, other) is not None:
+                raise _keyed(other, f"settings for optimizer {other}, but optimizer is {self.optimizer}")
+        if "sqrt" in self.parameterizations:
+            self._check_sqrt_rule()
         if isinstance(self.task, QuadraticTask):
             if self.budget.epochs is not None:
                 raise _keyed("budget.epochs", "the quadratic task streams fresh examples and has no epochs; "
@@ -382,22 +476,52 @@ class Config(Record):
                              "use train_loss or val_loss")
         return self
 
+    def _check_sqrt_rule(self) -> None:
+        """The square-root rule sets 1 − β' = κ·(1 − β): every β must keep κ·(1 − β) < 1."""
+        if self.optimizer not in ADAPTIVE:
+            raise _keyed("parameterizations", f"sqrt is the square-root rule of adaptive optimizers (adam, rmsprop, "
+                         f"adagrad), not of {self.optimizer}; use standard or conjugate")
+        if self.optimizer == "rmsprop" and any(b != 0 for b in self.sweep.momentum):
+            raise _keyed("sweep.momentum", "the sqrt rule is defined for rmsprop without momentum; "
+                         f"use sweep.momentum: [0.0], got {list(self.sweep.momentum)}")
+        betas: list[tuple[str, float]] = []
+        if self.optimizer == "adam":
+            betas = [("sweep.momentum", b) for b in self.sweep.momentum] + [("adam.beta2", self.adam.beta2)]
+        elif self.optimizer == "rmsprop":
+            betas = [("rmsprop.alpha", self.rmsprop.alpha)]
+        kappa = max(self.sweep.batch_size) / self.reference_batch_size
+        for key, beta in betas:
+            if kappa * (1 - beta) >= 1:
+                raise _keyed(key, f"the sqrt rule needs κ·(1 − β) < 1 for every batch size, but at batch size "
+                             f"{max(self.sweep.batch_size)} κ = B/B_ref = {kappa:g} and κ·(1 − {beta:g}) = "
+                             f"{kappa * (1 - beta):g}; raise reference_batch_size or β")
+
+    @property
+    def optimizer_settings(self) -> Record | None:
+        """The active optimizer's settings block (None for the SGD family)."""
+        return getattr(self, self.optimizer) if self.optimizer in OPTIMIZER_SETTINGS else None
+
     @property
     def lrs(self) -> list[float]:
         return lr_grid(self.sweep.lr)
 
     def canonical(self) -> dict[str, Any]:
         """The resolved config as plain data (what results/<name>/config.yaml holds)."""
-        return self.model_dump(mode="json")
+        data = self.model_dump(mode="json")
+        for name in OPTIMIZER_SETTINGS:  # only the active optimizer's block (older results have none)
+            if data[name] is None:
+                data.pop(name)
+        return data
 
     def experiment_key(self) -> str:
-        """Hash of everything that defines the experiment except the lr grid, seeds, name, device.
+        """Hash of everything that defines the experiment except the lr grid, seeds, name, device,
+        executor and the noise-scale measurement (which changes no trial).
 
         A results folder accepts a re-run whose key matches: added lr values or seeds extend it.
         """
         data = self.canonical()
         data["sweep"].pop("lr")
-        for key in ("seeds", "name", "device"):
+        for key in ("seeds", "name", "device", "executor", "noise_scale"):
             data.pop(key)
         return stable_hash(data)
 

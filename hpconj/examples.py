@@ -11,9 +11,10 @@ task:
   activation: relu                # relu | tanh | gelu (mlp)
   data: digits                    # teacher | digits | mnist1d | path/to/file.npz|.csv | "pkg.mod:fn"
   val_fraction: 0.2               # held out with a fixed seed (data_seed: 0)
-optimizer: momentum               # sgd | momentum | nesterov
-parameterizations: [standard, conjugate]
-reference_batch_size: 8           # B_ref of the conjugate parameterization (its lr is per B_ref examples)
+optimizer: momentum               # sgd | momentum | nesterov | adam | rmsprop | adagrad | mcallester
+# adam: {beta2: 0.999, eps: 1.0e-8}   # settings of an adaptive optimizer (adam's β1 is sweep.momentum)
+parameterizations: [standard, conjugate]   # standard | conjugate | sqrt (adaptive optimizers only)
+reference_batch_size: 8           # B_ref of conjugate and sqrt (conjugate's lr is per B_ref examples)
 budget: {epochs: 4}               # exactly one of: epochs | examples | steps
 sweep:
   lr: {log2_range: [-10, 1], step: 0.5}   # or {log2_range: [a, b], num: N}, {values: [...]}, {log_range: [1e-4, 1], num: N}

@@ -1,12 +1,17 @@
-"""Where work units run: in this process, or in N worker processes on this machine.
+"""Where work units run: in this process, in N worker processes on this machine, or (with
+`--executor ray`, hpconj.ray_executor) as Ray tasks on a local Ray instance or a cluster.
 
 A work unit is one chunk of a cohort (trials of one batch size). Workers only compute; the
 main process alone writes the store, one transaction per trial, so resume and integrity do not
 depend on how the work was spread. Torch threads are set so that workers × threads ≤ cores:
 oversubscribed threads collapse the throughput of small models.
+
+On CUDA the chunk size (trials stacked at once) is sized from the device's free memory
+(`fit_chunk_size`), capped by `--chunk-size`.
 """
 from __future__ import annotations
 
+import logging
 import math
 import multiprocessing
 import os
@@ -16,6 +21,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
@@ -31,6 +37,16 @@ from hpconj.trials import Cohort, Trial
 SMALL_SWEEP_STEPS = 50_000
 # Trials a worker trains before reporting back: stacking gains little beyond ~64 (measured).
 UNIT_TRIALS = 64
+EXECUTORS = ("local", "ray")
+log = logging.getLogger("hpconj")
+# The share of a CUDA device's free memory that all the chunks training on it at once may take
+# together; the rest is left to the CUDA context, the caching allocator's slack and other processes.
+CUDA_MEMORY_FRACTION = 0.5
+
+
+class ExecutorError(RuntimeError):
+    """The executor cannot run the sweep: Ray missing or unreachable, a task that raised or was
+    lost (the CLI reports it as one line, exit status 2)."""
 
 
 @dataclass(frozen=True)
@@ -92,11 +108,17 @@ class LocalExecutor:
     the task once, a few seconds) and serves every `run` until the block ends.
     """
 
+    kind = "local"
+
     def __init__(self, engine: str, resources: Resources, chunk_size: int):
         self.engine_name = engine
         self.resources = resources
         self.chunk_size = chunk_size
         self._pool: ProcessPoolExecutor | None = None
+
+    def manifest_info(self) -> dict[str, Any]:
+        """What manifest.json records about where the sweep ran."""
+        return {"executor": self.kind}
 
     def __enter__(self) -> LocalExecutor:
         return self
@@ -194,3 +216,131 @@ def _run_unit(engine_name: str, chunk_size: int, spec: TaskSpec, unit: WorkUnit,
     """In a worker: build the task (once) and train one unit; results go back to the main process."""
     engine = get_engine(engine_name, chunk_size=chunk_size)
     return list(engine.run(_build_task(spec, device), unit.trials, torch.device(device)))
+
+
+# ----------------------------------------------------------------------------- choosing one
+class Executor(Protocol):
+    """What run_sweep needs: LocalExecutor and ray_executor.RayExecutor both provide it."""
+
+    kind: str
+    engine_name: str
+    resources: Resources
+    chunk_size: int
+
+    def run(self, task: Task, spec: TaskSpec, units: list[WorkUnit], device: torch.device) -> Iterator[TrialResult]: ...
+
+    def close(self, terminate: bool = False) -> None: ...
+
+    def manifest_info(self) -> dict[str, Any]: ...
+
+
+def make_executor(kind: str, engine: str, *, task: Task, device: torch.device, batch_sizes: Sequence[int],
+                  chunk_size: int, workers: int | None, threads: int | None, units: int,
+                  trial_steps: int | None = None, address: str | None = None) -> Any:
+    """An executor of `kind` (local | ray), its chunk size fitted to the device's memory on CUDA.
+
+    Raises ExecutorError for an unknown kind, `ray` without Ray installed, or a cluster that cannot
+    be reached. The result is a context manager; leaving it stops workers (and a local Ray instance).
+    """
+    if kind not in EXECUTORS:
+        raise ExecutorError(f"--executor: must be one of {' | '.join(EXECUTORS)}, got {kind!r}")
+    if kind == "local":
+        if address is not None:
+            raise ExecutorError("--address is the address of a Ray cluster: it needs --executor ray")
+        resources = Resources.choose(workers, threads, device, units=units, trial_steps=trial_steps)
+        # the local workers all share the one device
+        chunk = fit_chunk_size(task, max(batch_sizes), device, chunk_size, share=1 / resources.workers)
+        return LocalExecutor(engine, resources, chunk)
+    from hpconj.ray_executor import RayExecutor, gpu_share, import_ray
+
+    import_ray()  # before anything else: without Ray this is the only line the user sees
+    chunk = fit_chunk_size(task, max(batch_sizes), device, chunk_size, share=gpu_share())
+    return RayExecutor(engine, chunk, device=device, workers=workers, threads=threads, units=units,
+                       address=address)
+
+
+# ----------------------------------------------------------------------------- memory per chunk
+@dataclass(frozen=True)
+class Footprint:
+    """What one trial of a task holds on the device, measured on the seed-0 model."""
+
+    params: int  # parameters of one model
+    activations: int  # floats of layer outputs one example produces in a forward pass
+    widest: int  # the largest layer output of one example
+    eval_rows: int  # examples evaluated at once at the end of a trial
+    fixed_bytes: int  # held once per process, whatever the chunk: the data on the device, scratch
+    float_bytes: int = 4
+
+    def trial_bytes(self, batch_size: int) -> int:
+        """Bytes one stacked trial takes: 5 copies of the weights (weights, gradient, momentum or
+        optimizer state, a second moment, the update's temporary), 3 tensors the size of every
+        layer's output for one batch (output, pre-activation kept for the backward pass, its
+        gradient), and two of the widest layer over the evaluation rows."""
+        floats = 5 * self.params + 3 * batch_size * self.activations + 2 * self.eval_rows * self.widest
+        return floats * self.float_bytes
+
+
+# Per-example gradients (conjugate adaptive rules, mcallester) are computed in pieces of at most
+# 2**24 floats (hpconj.engine.cohort): a fixed allowance per process.
+_EXAMPLE_GRADIENT_BYTES = 4 * 2**24
+_EVAL_ROWS = 8192  # hpconj.tasks.supervised evaluates whole data sets in pieces of this many examples
+
+
+def measure_footprint(task: Task) -> Footprint:
+    """Parameters of the task's seed-0 model, and the layer outputs of one example measured with
+    forward hooks (on the CPU, eval mode, no gradients); from the parameter shapes where the model
+    cannot take that example."""
+    model = task.init_model(0)
+    params = list(model.parameters())
+    count = sum(p.numel() for p in params)
+    float_bytes = params[0].element_size() if params else 4
+    outputs: list[int] = []
+
+    def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            outputs.append(output.numel())
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        model.eval()
+        with torch.no_grad():
+            task.batch_loss(model, next(iter(task.batch_stream(0, 1, 1, torch.device("cpu")))))
+    except Exception:  # a model that cannot take one example: estimate from the weights' shapes
+        outputs = []
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not outputs:
+        dims = [int(d) for p in params for d in p.shape] or [1]
+        outputs = [max(dims)] * max(1, sum(1 for m in leaves if any(True for _ in m.parameters(recurse=False))))
+    data = getattr(task, "data", None)
+    fixed = _EXAMPLE_GRADIENT_BYTES
+    eval_rows = 0
+    if data is not None:
+        eval_rows = min(int(data.n_train), _EVAL_ROWS)
+        fixed += sum(t.numel() * t.element_size() for t in (data.x_train, data.y_train, data.x_val, data.y_val))
+    return Footprint(count, sum(outputs), max(outputs), eval_rows, fixed, float_bytes)
+
+
+def chunk_size_for_memory(free_bytes: int, footprint: Footprint, batch_size: int, cap: int,
+                          fraction: float = CUDA_MEMORY_FRACTION) -> int:
+    """The most trials (at least 1, at most `cap`) whose stack fits in `fraction` of `free_bytes`."""
+    budget = free_bytes * fraction - footprint.fixed_bytes
+    fits = int(budget // footprint.trial_bytes(batch_size)) if budget > 0 else 0
+    return max(1, min(cap, fits))
+
+
+def fit_chunk_size(task: Task, batch_size: int, device: torch.device, cap: int, share: float = 1.0) -> int:
+    """`cap` on the CPU; on CUDA, the chunk size whose stacks, `1 / share` of them at once on the
+    device, take at most CUDA_MEMORY_FRACTION of its free memory (torch.cuda.mem_get_info)."""
+    if device.type != "cuda":
+        return cap
+    free, _total = torch.cuda.mem_get_info(device)
+    footprint = measure_footprint(task)
+    chunk = chunk_size_for_memory(free, footprint, batch_size, cap, CUDA_MEMORY_FRACTION * share)
+    if chunk < cap:
+        log.info(
+            "chunk size %d (of --chunk-size %d): %.0f MiB per trial at B=%d, %.0f MiB free on %s",
+            chunk, cap, footprint.trial_bytes(batch_size) / 2**20, batch_size, free / 2**20, device)
+    return chunk

@@ -14,7 +14,9 @@ Artists that tests (or readers) may want to find carry a `gid`:
 - ``"guide"``: the grey reference lines of slope 1, ½ and 0,
 - ``"optimum-path"``: the optimum per batch size on a heatmap,
 - ``"heatmap"`` / ``"heatmap-diverged"``: the metric cells and the diverged cells,
-- ``"training"``: a seed-mean training curve.
+- ``"training"``: a seed-mean training curve,
+- ``"noise-scale"``: the vertical line at the gradient noise scale B_simple (optimum shift
+  against batch size), with its text ``"noise-scale-label"``.
 """
 from __future__ import annotations
 
@@ -74,8 +76,8 @@ STYLE: dict[str, Any] = {
     "svg.hashsalt": "hpconj",  # deterministic SVG ids
     "mathtext.default": "regular",
 }
-PARAMETERIZATION_COLORS = {"standard": "#1f5fa8", "conjugate": "#d1495b"}
-OTHER_COLORS = ["#2a9d8f", "#8d6a9f", "#e9a23b", "#555555"]
+PARAMETERIZATION_COLORS = {"standard": "#1f5fa8", "sqrt": "#2a9d8f", "conjugate": "#d1495b"}
+OTHER_COLORS = ["#8d6a9f", "#e9a23b", "#555555", "#7fb800"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">"]
 DIVERGED_COLOR = "#b3b3b3"
 SLICE_COLUMNS = ["parameterization", "optimizer", "batch_size", "momentum"]
@@ -157,7 +159,7 @@ def _metric_name(meta: Mapping[str, Any] | None) -> str:
 
 
 def _order_parameterizations(values: Iterable[str]) -> list[str]:
-    preferred = ["standard", "conjugate"]
+    preferred = ["standard", "sqrt", "conjugate"]
     present = list(dict.fromkeys(str(v) for v in values))
     return [p for p in preferred if p in present] + sorted(p for p in present if p not in preferred)
 
@@ -430,14 +432,52 @@ def _band_label(seeds: Sequence[int]) -> str:
 # ------------------------------------------------------------------------------------- optimum shift
 
 
+NOISE_NEAR_OCTAVES = 1.0  # B_simple is drawn up to this far outside the swept batch sizes
+NOISE_COLOR = "#3d3d3d"
+
+
+def _noise_scale(noise: pd.DataFrame | None) -> float:
+    """B_simple of the summary's mean row (analysis.noise_summary); NaN when absent."""
+    if noise is None or noise.empty or "row" not in noise.columns or "b_simple" not in noise.columns:
+        return math.nan
+    mean = noise[noise["row"] == "mean"]["b_simple"].to_numpy(dtype=float)
+    return float(mean[0]) if mean.size else math.nan
+
+
+def _noise_label(value: float) -> str:
+    rounded = f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
+    return f"B_simple ≈ {rounded}: conjugacy expected below"
+
+
+def _draw_noise_scale(ax: Axes, value: float, all_x: Sequence[float], handles: list[Any]) -> None:
+    """A dashed vertical line at x = log2 B_simple when it lies within NOISE_NEAR_OCTAVES of the
+    swept batch sizes; a legend entry alone when it lies farther (a line there would stretch the axis)."""
+    if not (math.isfinite(value) and value > 0):
+        return
+    x = math.log2(value)
+    label = _noise_label(value)
+    if all_x and min(all_x) - NOISE_NEAR_OCTAVES <= x <= max(all_x) + NOISE_NEAR_OCTAVES:
+        line = ax.axvline(x, color=NOISE_COLOR, linestyle=(0, (4, 2)), linewidth=1.2, zorder=1.5, label=label)
+        line.set_gid("noise-scale")
+        text = ax.text(x, 0.98, " B_simple", transform=ax.get_xaxis_transform(), rotation=90, ha="right", va="top",
+                       fontsize=7.5, color=NOISE_COLOR)
+        text.set_gid("noise-scale-label")
+        handles.append(line)
+    else:
+        handles.append(Line2D([], [], color=NOISE_COLOR, linestyle=(0, (4, 2)), linewidth=1.2,
+                              label=f"{label} (beyond the swept batch sizes)"))
+
+
 @_styled
 def optimum_shift(optima: pd.DataFrame, shifts: pd.DataFrame, meta: Mapping[str, Any] | None,
-                  axis: str = "batch_size") -> Figure:
+                  axis: str = "batch_size", noise: pd.DataFrame | None = None) -> Figure:
     """log2 lr* (with its interval) against log2 B, or against log2(1−β) for axis="momentum".
 
     Both parameterizations in one panel (colour), one marker shape per value of the other axis,
     the fitted lines of `shifts` (intercept + slope·x, slope and interval in the legend) and grey
-    guides of slope 1, ½ and 0 through the first point.
+    guides of slope 1, ½ and 0 through the first point. Against batch size, `noise`
+    (analysis.noise_summary) adds a dashed vertical line at the mean gradient noise scale
+    B_simple, below which lr and B are expected to be conjugate.
     """
     if axis not in AXIS_SYMBOL:
         raise ValueError(f"axis must be 'batch_size' or 'momentum', got {axis!r}")
@@ -512,6 +552,8 @@ def optimum_shift(optima: pd.DataFrame, shifts: pd.DataFrame, meta: Mapping[str,
                                zorder=1, label=f"guide: slope {name}")
             guide.set_gid("guide")
             handles.append(guide)
+    if axis == "batch_size":
+        _draw_noise_scale(ax, _noise_scale(noise), all_x, handles)
     if len(other_values) > 1:
         handles += [Line2D([], [], linestyle="none", marker=markers[v], markersize=6, color="#555555",
                            label=_axis_value_label(other, v)) for v in other_values]
@@ -784,13 +826,15 @@ def _thousands(value: float, _position: object = None) -> str:
 def write_figures(frames: Mapping[str, pd.DataFrame] | Any, meta: Mapping[str, Any] | None, folder: Path) -> list[Path]:
     """Save every figure that has data as PNG (150 dpi) and SVG under `folder/"plots"`.
 
-    `frames` maps (or has attributes) curves, optima, shifts, training. Written, when their
+    `frames` maps (or has attributes) curves, optima, shifts, training and, optionally, noise
+    (drawn on optimum_shift_batch_size). Written, when their
     frame is not empty: loss_vs_lr_batch_size, loss_vs_lr_momentum (more than one momentum),
     optimum_shift_batch_size (more than one batch size), optimum_shift_momentum (more than one
     momentum), metric_heatmap, training_curves. Returns the paths written, in that order.
     """
     curves, optima = _frame(frames, "curves"), _frame(frames, "optima")
     shifts, training = _frame(frames, "shifts"), _frame(frames, "training")
+    noise = _frame(frames, "noise")
     jobs: list[tuple[str, Callable[[], Figure]]] = []
     if not curves.empty:
         jobs.append(("loss_vs_lr_batch_size", lambda: loss_vs_lr(curves, optima, meta, by="batch_size")))
@@ -798,7 +842,8 @@ def write_figures(frames: Mapping[str, pd.DataFrame] | Any, meta: Mapping[str, A
             jobs.append(("loss_vs_lr_momentum", lambda: loss_vs_lr(curves, optima, meta, by="momentum")))
     if not optima.empty:
         if len(_sorted_values(optima, "batch_size")) > 1:
-            jobs.append(("optimum_shift_batch_size", lambda: optimum_shift(optima, shifts, meta, axis="batch_size")))
+            jobs.append(("optimum_shift_batch_size", lambda: optimum_shift(optima, shifts, meta, axis="batch_size",
+                                                                          noise=noise)))
         if len(_sorted_values(optima, "momentum")) > 1:
             jobs.append(("optimum_shift_momentum", lambda: optimum_shift(optima, shifts, meta, axis="momentum")))
     if not curves.empty:

@@ -1,10 +1,12 @@
 """From a results folder to its answer: optima.csv, shifts.csv, summary.md (and the plots' data).
 
 Compute first, draw second: `analyse` returns DataFrames; `hpconj.plots` only draws them.
+noise_scale.csv (the gradient noise scale per seed) is optional: folders written before it
+existed, or with noise_scale.enabled false, are analysed without it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +14,16 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from hpconj.analysis import optima, shift_sentences, shifts, slice_curves
-from hpconj.store import write_atomic
+from hpconj.analysis import (
+    noise_scale_text,
+    noise_sentence,
+    noise_summary,
+    optima,
+    shift_sentences,
+    shifts,
+    slice_curves,
+)
+from hpconj.store import NOISE_COLUMNS, NOISE_FILE, write_atomic
 
 
 class ReportError(ValueError):
@@ -26,6 +36,7 @@ class Results:
     trials: pd.DataFrame
     curves: pd.DataFrame
     config: dict[str, Any]
+    noise: pd.DataFrame = field(default_factory=pd.DataFrame)  # noise_scale.csv; empty when absent
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,7 @@ class Frames:
     shifts: pd.DataFrame
     training: pd.DataFrame  # training curves at the best grid lr of each slice
     meta: dict[str, str]
+    noise: pd.DataFrame = field(default_factory=pd.DataFrame)  # analysis.noise_summary: per seed + mean
 
 
 def result_folders(paths: list[Path]) -> list[Path]:
@@ -58,12 +70,16 @@ def load_results(folder: Path) -> Results:
         trials = pd.read_csv(folder / "trials.csv")
         curves = pd.read_csv(folder / "curves.csv") if (folder / "curves.csv").is_file() else pd.DataFrame()
         config = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else {}
+        noise = pd.read_csv(folder / NOISE_FILE) if (folder / NOISE_FILE).is_file() else pd.DataFrame()
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise ReportError(f"{folder}: cannot read results ({type(exc).__name__}: {exc})") from None
     missing = {"status", "parameterization", "optimizer", "lr", "batch_size", "momentum", "seed", "metric"} - set(trials)
     if missing:
         raise ReportError(f"{folder / 'trials.csv'}: missing columns {sorted(missing)}")
-    return Results(folder, trials, curves, config or {})
+    missing = set(NOISE_COLUMNS) - set(noise) if not noise.empty else set()
+    if missing:
+        raise ReportError(f"{folder / NOISE_FILE}: missing columns {sorted(missing)}")
+    return Results(folder, trials, curves, config or {}, noise)
 
 
 def describe(config: dict[str, Any]) -> dict[str, str]:
@@ -97,7 +113,7 @@ def analyse(results: Results) -> Frames:
     optimum = optima(trials)
     shift = shifts(trials, optimum)
     return Frames(curve_frame, optimum, shift, training_at_optimum(trials, results.curves, optimum),
-                  describe(results.config))
+                  describe(results.config), noise_summary(results.noise))
 
 
 def training_at_optimum(trials: pd.DataFrame, curves: pd.DataFrame, optimum: pd.DataFrame) -> pd.DataFrame:
@@ -155,7 +171,29 @@ def summary_markdown(frames: Frames) -> str:
             f"[{r['slope_lo']:.2f}, {r['slope_hi']:.2f}] | {r['shift_octaves']:+.2f} | {_percent(r['regret_max'])} | "
             f"{_percent(r['regret_mean'])} | {r['n_slices']} | {r['n_edge']} |"
         )
+    lines += noise_markdown(frames)
     return "\n".join(lines) + "\n"
+
+
+def noise_markdown(frames: Frames) -> list[str]:
+    """The "Gradient noise scale" section: B_simple per seed and over seeds; nothing when unmeasured."""
+    noise = frames.noise
+    if noise is None or noise.empty:
+        return []
+    lines = ["", "## Gradient noise scale", "",
+             "B_simple = tr Σ / |G|² of the initial model (Σ: per-example gradient covariance, G: the full gradient), "
+             "from per-example gradients; unbiased estimates of tr Σ and |G|², and over seeds the ratio of their "
+             "means.", ""]
+    batch_sizes = sorted(float(b) for b in frames.optima["batch_size"].unique()) if not frames.optima.empty else []
+    lines += [noise_sentence(noise, batch_sizes), ""]
+    lines.append("| seed | examples | tr Σ | \\|G\\|² | B_simple |")
+    lines.append("|---|---:|---:|---:|---:|")
+    for _, r in noise.iterrows():
+        seed = "mean" if r["row"] == "mean" else str(r["seed"])
+        examples = "" if pd.isna(r["examples"]) else str(r["examples"])
+        lines.append(f"| {seed} | {examples} | {r['trace_sigma']:.4g} | {r['grad_norm_sq']:.4g} | "
+                     f"{noise_scale_text(r['b_simple'])} |")
+    return lines
 
 
 def interval_text(lo: float, hi: float) -> str:

@@ -29,7 +29,7 @@ from hpconj.config import Config, config_from_dict
 from hpconj.store import TRIAL_COLUMNS, trials_table, write_atomic
 from hpconj.trials import Trial, expand_trials
 
-HASHED = ("trials.csv", "curves.csv", "config.yaml", "optima.csv", "shifts.csv", "summary.md")
+HASHED = ("trials.csv", "curves.csv", "noise_scale.csv", "config.yaml", "optima.csv", "shifts.csv", "summary.md")
 COMPARED = ("status", "train_loss", "val_loss", "val_error", "metric", "steps", "examples")
 LOOSE_RTOL, LOOSE_ATOL = 1e-4, 1e-12
 
@@ -232,7 +232,7 @@ def rebuild_trial(config: Config, row: pd.Series) -> Trial:
     b_ref = row.get("reference_batch_size")
     b_ref = None if b_ref is None or pd.isna(b_ref) else int(b_ref)
     return Trial(config.task, config.optimizer, str(row["parameterization"]), float(row["lr"]), int(row["batch_size"]),
-                 float(row["momentum"]), int(row["seed"]), config.budget, b_ref)
+                 float(row["momentum"]), int(row["seed"]), config.budget, b_ref, config.optimizer_settings)
 
 
 def compare_results(stored: pd.DataFrame, rerun: pd.DataFrame, stored_curves: pd.DataFrame, rerun_curves: pd.DataFrame,

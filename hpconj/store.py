@@ -1,7 +1,8 @@
 """The results store: one SQLite file, the source of truth; CSVs are exports of it.
 
 WAL mode with synchronous=FULL, and one transaction per finished trial (its row and its curve
-together), so a trial is either recorded whole or not at all, whatever kills the process.
+together), so a trial is either recorded whole or not at all, whatever kills the process. The
+gradient noise scale of each seed (hpconj.noise) is one row of its own, one transaction each.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from hpconj.engine.base import TrialResult
+from hpconj.noise import NoiseEstimate
 from hpconj.trials import Trial
 
 STORE_NAME = "store.sqlite"
@@ -27,6 +29,8 @@ TRIAL_COLUMNS = [
     "reference_batch_size", "params_sha256", "error",
 ]
 _SORT = ["parameterization", "optimizer", "batch_size", "momentum", "lr", "seed"]
+NOISE_COLUMNS = ["seed", "examples", "trace_sigma", "grad_norm_sq", "b_simple"]
+NOISE_FILE = "noise_scale.csv"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -53,6 +57,13 @@ CREATE TABLE IF NOT EXISTS curves (
     examples INTEGER NOT NULL,
     train_loss REAL,
     PRIMARY KEY (trial_id, step)
+);
+CREATE TABLE IF NOT EXISTS noise_scale (
+    seed INTEGER PRIMARY KEY,
+    examples INTEGER NOT NULL,
+    trace_sigma REAL,
+    grad_norm_sq REAL,
+    b_simple REAL
 );
 """
 
@@ -121,6 +132,31 @@ class Store:
                 self.db.execute("ROLLBACK")
             raise
 
+    # -- gradient noise scale
+    def record_noise(self, estimate: NoiseEstimate) -> None:
+        """Write (or replace) one seed's estimate in a single transaction."""
+        row = (estimate.seed, estimate.examples, _real(estimate.trace_sigma), _real(estimate.grad_norm_sq),
+               _real(estimate.b_simple))
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("INSERT OR REPLACE INTO noise_scale VALUES (?, ?, ?, ?, ?)", row)
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+
+    def noise_examples(self) -> dict[int, int]:
+        """seed → the number of examples its stored estimate was measured on."""
+        return dict(self.db.execute("SELECT seed, examples FROM noise_scale").fetchall())
+
+    def noise_frame(self) -> pd.DataFrame:
+        """The noise_scale.csv table: one row per measured seed, sorted by seed."""
+        frame = pd.read_sql_query(f"SELECT {', '.join(NOISE_COLUMNS)} FROM noise_scale ORDER BY seed", self.db)
+        for col in ("trace_sigma", "grad_norm_sq", "b_simple"):
+            frame[col] = frame[col].astype(float)
+        return frame[NOISE_COLUMNS]
+
     def counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT status, COUNT(*) FROM trials GROUP BY status").fetchall())
 
@@ -164,6 +200,17 @@ def export_csv(store: Store, folder: Path, metric_name: str) -> tuple[Path, Path
     write_atomic(trials_path, store.trials_frame(metric_name).to_csv(index=False))
     write_atomic(curves_path, store.curves_frame().to_csv(index=False))
     return trials_path, curves_path
+
+
+def export_noise_csv(store: Store, folder: Path) -> Path | None:
+    """noise_scale.csv from the store; None (and no file) when no seed has an estimate."""
+    path = folder / NOISE_FILE
+    frame = store.noise_frame()
+    if frame.empty:
+        path.unlink(missing_ok=True)
+        return None
+    write_atomic(path, frame.to_csv(index=False))
+    return path
 
 
 def read_trials(folder: Path) -> pd.DataFrame:

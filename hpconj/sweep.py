@@ -3,10 +3,15 @@
 The results folder is bound to the config's experiment key (everything but the lr grid, seeds,
 name and device): re-running the same command skips finished trials; a different experiment is
 refused unless `fresh`. Every finished trial is committed before the next one starts.
+
+Before training, the gradient noise scale B_simple of each seed's initial model (hpconj.noise)
+is measured once, in the main process on the sweep's device, and kept in the store: a seed is
+measured again only when its estimate is missing or was taken on another number of examples.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import shutil
@@ -25,13 +30,16 @@ import hpconj
 from hpconj.config import Config
 from hpconj.engine import TrialResult
 from hpconj.executor import LocalExecutor, split_units
+from hpconj.noise import measure_noise_scale, noise_examples
 from hpconj.repro import apply_determinism, record_hashes
-from hpconj.store import STORE_NAME, Store, StoreError, export_csv, write_atomic
+from hpconj.store import NOISE_FILE, STORE_NAME, Store, StoreError, export_csv, export_noise_csv, write_atomic
 from hpconj.tasks import Task, TaskError, build_task
 from hpconj.trials import Cohort, Trial, expand_trials, group_cohorts
 
-RESULT_FILES = ("trials.csv", "curves.csv", "config.yaml", "manifest.json")
+RESULT_FILES = ("trials.csv", "curves.csv", NOISE_FILE, "config.yaml", "manifest.json")
 ANALYSIS_FILES = ("optima.csv", "shifts.csv", "summary.md")
+
+log = logging.getLogger("hpconj")
 
 
 class SweepError(RuntimeError):
@@ -141,7 +149,7 @@ def config_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = ""
     """The first key path whose value differs (ignoring what a folder may add: lr, seeds)."""
     for key in sorted(set(old) | set(new)):
         path = f"{prefix}{key}"
-        if path in ("sweep.lr", "seeds", "name", "device"):
+        if path in ("sweep.lr", "seeds", "name", "device", "executor", "noise_scale"):
             continue
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
@@ -181,10 +189,13 @@ def run_sweep(
     by_id = {t.trial_id: t for t in todo}
     write_atomic(folder / "config.yaml", yaml.safe_dump(config.canonical(), sort_keys=False))
     write_manifest(folder, config, store, executor, device, started, None, "running")
+    on_device = task.to(device)
     if on_start is not None:
         on_start(len(plan.trials), outcome.skipped)
     try:
-        for result in executor.run(task.to(device), config.task, units, device):
+        if measure_noise(config, on_device, store, device):
+            remove_analysis(folder)  # summary.md and the plots show the noise scale
+        for result in executor.run(on_device, config.task, units, device):
             trial = by_id[result.trial_id]
             store.record(trial, result, executor.engine_name, str(device))
             outcome.ran += 1
@@ -197,12 +208,39 @@ def run_sweep(
     finally:
         outcome.counts = store.counts()
         export_csv(store, folder, config.metric.name)
+        export_noise_csv(store, folder)
         finished = len(store.finished_ids() & {t.trial_id for t in plan.trials})
         status = "interrupted" if outcome.interrupted else ("complete" if finished == len(plan.trials) else "partial")
         write_manifest(folder, config, store, executor, device, started, _now(), status)
         record_hashes(folder)
         store.close()
     return outcome
+
+
+def measure_noise(config: Config, task: Task, store: Store, device: torch.device) -> int:
+    """Measure and record B_simple for each seed of `config` that has no current estimate.
+
+    Current means: measured on as many examples as `config.noise_scale.examples` gives for this
+    task. A model that fails while being measured (one that cannot take a batch of one example,
+    say) costs its estimate only: the failure is logged and the sweep goes on. Returns how many
+    estimates were recorded.
+    """
+    if not config.noise_scale.enabled:
+        return 0
+    wanted = noise_examples(task, config.noise_scale.examples)
+    stored = store.noise_examples()
+    recorded = 0
+    for seed in config.seeds:
+        if stored.get(seed) == wanted:
+            continue
+        try:
+            estimate = measure_noise_scale(task, seed, config.noise_scale.examples, device)
+        except Exception as exc:  # user models may raise anything; the trials must still run
+            log.warning("gradient noise scale of seed %d not measured (%s: %s)", seed, type(exc).__name__, exc)
+            continue
+        store.record_noise(estimate)
+        recorded += 1
+    return recorded
 
 
 def _now() -> str:
@@ -237,6 +275,7 @@ def write_manifest(
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "engine": executor.engine_name,
+        **executor.manifest_info(),  # "executor": local | ray, and for ray its version and address
         "workers": executor.resources.workers,
         "threads_per_worker": executor.resources.threads,
         "chunk_size": executor.chunk_size,

@@ -1,8 +1,8 @@
 """Trials and cohorts: the config expanded into the runs it asks for.
 
 A trial's id is a hash of exactly the fields that determine its result, in canonical form:
-task, optimizer, parameterization, lr, batch size, momentum, seed, budget, and B_ref where the
-parameterization reads it. A cohort groups trials that can be trained as one stacked
+task, optimizer, parameterization, lr, batch size, momentum, seed, budget, B_ref where the
+parameterization reads it, and the optimizer's settings block where it has one (adam, ...). A cohort groups trials that can be trained as one stacked
 computation: same task, batch size and budget.
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from itertools import product
 from typing import Any
 
-from hpconj.config import Budget, Config, TaskSpec, stable_hash
-from hpconj.parameterizations import USES_REFERENCE_BATCH_SIZE, Hyperparameters, NativeSGD, native_settings
+from hpconj.config import Budget, Config, Record, TaskSpec, stable_hash
+from hpconj.parameterizations import USES_REFERENCE_BATCH_SIZE, Hyperparameters, Native, native_settings
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class Trial:
     seed: int
     budget: Budget = field(repr=False)
     reference_batch_size: int | None
+    settings: Record | None = None  # the optimizer's settings block (None for the SGD family)
     trial_id: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -33,7 +34,7 @@ class Trial:
 
     def identity(self) -> dict[str, Any]:
         """The canonical fields hashed into the trial id."""
-        return {
+        identity = {
             "task": self.task.model_dump(mode="json"),
             "optimizer": self.optimizer,
             "parameterization": self.parameterization,
@@ -44,13 +45,17 @@ class Trial:
             "budget": self.budget.model_dump(mode="json", exclude_none=True),
             "reference_batch_size": self.reference_batch_size,
         }
+        if self.settings is not None:  # absent for SGD, so its ids predate the adaptive optimizers
+            identity["optimizer_settings"] = self.settings.model_dump(mode="json")
+        return identity
 
     @property
     def hyperparameters(self) -> Hyperparameters:
-        return Hyperparameters(self.lr, self.batch_size, self.momentum, self.optimizer, self.reference_batch_size or 1)
+        return Hyperparameters(self.lr, self.batch_size, self.momentum, self.optimizer, self.reference_batch_size or 1,
+                               self.settings)
 
     @property
-    def native(self) -> NativeSGD:
+    def native(self) -> Native:
         return native_settings(self.parameterization, self.hyperparameters)
 
 
@@ -67,7 +72,8 @@ def expand_trials(config: Config) -> list[Trial]:
         config.sweep.batch_size, config.parameterizations, config.sweep.momentum, config.seeds, config.lrs
     ):
         b_ref = config.reference_batch_size if USES_REFERENCE_BATCH_SIZE[param] else None
-        trials.append(Trial(config.task, config.optimizer, param, lr, batch_size, momentum, seed, config.budget, b_ref))
+        trials.append(Trial(config.task, config.optimizer, param, lr, batch_size, momentum, seed, config.budget, b_ref,
+                            config.optimizer_settings))
     return trials
 
 

@@ -98,8 +98,8 @@ def test_the_base_config_is_valid(tmp_path: Path) -> None:
 # (id, changes to BASE, key path, anchors for the expected line (None: no line), key words)
 CASES: list[tuple[str, dict[str, Any], str, tuple[str, ...] | None, tuple[str, ...]]] = [
     ("unknown-top-level-key", {"colour": "red"}, "colour", (r"^colour:",),
-     ("unknown key", "expected one of: name, task, optimizer, parameterizations, reference_batch_size, "
-                     "budget, sweep, seeds, metric, device")),
+     ("unknown key", "expected one of: name, task, optimizer, adam, rmsprop, adagrad, mcallester, "
+                     "parameterizations, reference_batch_size, budget, sweep, seeds, metric, noise_scale, device")),
     ("unknown-sweep-key", {"sweep.foo": 1}, "sweep.foo", (r"^sweep:", r"^  foo:"),
      ("unknown key", "expected one of: lr, batch_size, momentum")),
     ("unknown-mlp-key", {"task.widht": 8}, "task.widht", (r"^task:", r"^  widht:"),
@@ -160,10 +160,8 @@ CASES: list[tuple[str, dict[str, Any], str, tuple[str, ...] | None, tuple[str, .
      (r"^metric:", r"^  name:"), ("quadratic task has no classes", "use train_loss or val_loss")),
     ("metric-goal", {"metric.goal": "maximize"}, "metric.goal", (r"^metric:", r"^  goal:"),
      ("must be minimize", "got 'maximize'")),
-    ("optimizer-unknown", {"optimizer": "adam"}, "optimizer", (r"^optimizer:",),
-     ("must be one of sgd | momentum | nesterov", "got 'adam'")),
     ("parameterization-unknown", {"parameterizations": ["standard", "mup"]}, "parameterizations[1]",
-     (r"^parameterizations:", r"^- mup$"), ("must be one of standard | conjugate", "got 'mup'")),
+     (r"^parameterizations:", r"^- mup$"), ("must be one of standard | sqrt | conjugate", "got 'mup'")),
     ("parameterization-duplicate", {"parameterizations": ["standard", "standard"]}, "parameterizations",
      (r"^parameterizations:",), ("values must be distinct", "'standard' repeats")),
     ("seeds-zero", {"seeds": 0}, "seeds", (r"^seeds:",),
@@ -201,6 +199,32 @@ CASES: list[tuple[str, dict[str, Any], str, tuple[str, ...] | None, tuple[str, .
     ("name-with-slash", {"name": "a/b"}, "name", (r"^name:",),
      ("must use only letters, digits, '_', '.', '-'", "got 'a/b'")),
     ("sweep-missing", {"sweep": DELETE}, "sweep", None, ("required key is missing",)),
+    ("optimizer-unknown", {"optimizer": "lion"}, "optimizer", (r"^optimizer:",),
+     ("must be one of sgd | momentum | nesterov | adam | rmsprop | adagrad | mcallester", "got 'lion'")),
+    ("sqrt-for-sgd", {"parameterizations": ["standard", "sqrt"]}, "parameterizations", (r"^parameterizations:",),
+     ("sqrt is the square-root rule of adaptive optimizers", "not of momentum")),
+    ("sqrt-kappa-too-large", {"optimizer": "adam", "parameterizations": ["sqrt"], "sweep.momentum": [0.5, 0.9]},
+     "sweep.momentum", (r"^sweep:", r"^  momentum:"),
+     ("κ·(1 − β) < 1", "at batch size 8 κ = B/B_ref = 4", "κ·(1 − 0.5) = 2")),
+    ("sqrt-beta2-too-small", {"optimizer": "adam", "adam": {"beta2": 0.5}, "parameterizations": ["sqrt"],
+                              "sweep.momentum": [0.9]}, "adam.beta2", (r"^adam:", r"^  beta2:"),
+     ("κ·(1 − 0.5) = 2", "raise reference_batch_size or β")),
+    ("adam-beta2-one", {"optimizer": "adam", "adam": {"beta2": 1.0}}, "adam.beta2", (r"^adam:", r"^  beta2:"),
+     ("must be a number >= 0 and < 1", "got 1.0")),
+    ("adam-unknown-key", {"optimizer": "adam", "adam": {"beta1": 0.9}}, "adam.beta1",
+     (r"^adam:", r"^  beta1:"), ("unknown key", "expected one of: beta2, eps")),
+    ("adam-betas-and-momentum", {"optimizer": "adam", "adam": {"betas": [0.9, 0.99]}}, "adam.betas",
+     (r"^adam:", r"^  betas:"), ("β1 is the sweep's momentum axis and sweep.momentum is given",)),
+    ("adam-betas-not-a-pair", {"optimizer": "adam", "adam": {"betas": [0.9]}, "sweep.momentum": DELETE},
+     "adam.betas", (r"^adam:", r"^  betas:"), ("must be a list of two numbers [β1, β2], got [0.9]",)),
+    ("settings-of-another-optimizer", {"adam": {"eps": 1e-6}}, "adam", (r"^adam:",),
+     ("settings for optimizer adam, but optimizer is momentum",)),
+    ("adagrad-with-momentum", {"optimizer": "adagrad"}, "sweep.momentum", (r"^sweep:", r"^  momentum:"),
+     ("optimizer adagrad has no momentum", "got [0.0, 0.5]")),
+    ("mcallester-warmup-zero", {"optimizer": "mcallester", "sweep.momentum": [0.0], "mcallester": {"warmup": 0}},
+     "mcallester.warmup", (r"^mcallester:", r"^  warmup:"), ("must be a positive integer, got 0",)),
+    ("noise-scale-one-example", {"noise_scale": {"examples": 1}}, "noise_scale.examples",
+     (r"^noise_scale:", r"^  examples:"), ("got 1",)),
 ]
 
 
@@ -234,7 +258,7 @@ def test_negative_batch_size_exact_message(tmp_path: Path) -> None:
 
 
 def test_several_errors_one_line_each_sorted_by_line(tmp_path: Path) -> None:
-    path = write(tmp_path, mutate({"optimizer": "adam", "device": "tpu", "sweep.batch_size": [2, -4]}))
+    path = write(tmp_path, mutate({"optimizer": "adamw", "device": "tpu", "sweep.batch_size": [2, -4]}))
     lines = errors(path)
     assert [line.split(" ")[1] for line in lines] == ["optimizer:", "sweep.batch_size[1]:", "device:"]
     numbers = [int(line.split(" ")[0].split(":")[1]) for line in lines]
@@ -280,6 +304,16 @@ def test_default_name_from_an_unusable_file_name(tmp_path: Path) -> None:
     (line,) = errors(write(tmp_path, config, name="my sweep"))
     assert line.startswith("my sweep.yaml name: must use only letters")
     assert "got 'my sweep'" in line and "defaults to the file's name" in line
+
+
+def test_adam_betas_resolve_to_the_momentum_axis_and_beta2(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, mutate({"optimizer": "adam", "adam": {"betas": [0.8, 0.99], "eps": 1e-6},
+                                                 "sweep.momentum": DELETE})))
+    assert config.sweep.momentum == [0.8]
+    assert (config.adam.beta2, config.adam.eps) == (0.99, 1e-6)
+    assert load_config(write(tmp_path, mutate({"optimizer": "adam", "sweep.momentum": DELETE}))).sweep.momentum == [0.9]
+    stored = config.canonical()  # the resolved form reloads to the same experiment
+    assert "betas" not in stored["adam"] and stored["sweep"]["momentum"] == [0.8]
 
 
 def test_quickstart_still_valid() -> None:

@@ -12,7 +12,7 @@ import yaml
 from conftest import ROOT, run_cli
 from hpconj.repro import CheckReport, compare_ids, load_stored
 
-COMMITTED = ["quickstart", "nqm_batch", "mlp_momentum"]
+COMMITTED = ["quickstart", "nqm_batch", "mlp_momentum", "adam_batch", "mcallester"]
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +120,14 @@ def test_committed_mlp_momentum_reproduces_on_a_sample():
     proc = run_cli("check", str(ROOT / "results" / "reference" / "mlp_momentum"), "--trials", "10%")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "reproduces" in proc.stdout
+
+
+def test_committed_adaptive_results_reproduce_on_a_sample():
+    """torch.optim rules, the sqrt rule and the per-example rules re-run bit-equal in the same engine."""
+    for name, share in (("adam_batch", "2%"), ("mcallester", "5%")):
+        proc = run_cli("check", str(ROOT / "results" / "reference" / name), "--trials", share)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "reproduces" in proc.stdout and "bit-equal" in proc.stdout
 
 
 def test_folder_rerun_with_a_smaller_grid_still_checks(copy, tmp_path):

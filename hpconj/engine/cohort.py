@@ -6,15 +6,16 @@ losses and gradients at once: with hand-written batched kernels for the built-in
 other model (user models, the quadratic). Each trial reads its own batch; trials of one seed
 share batches (common random numbers).
 
-The update is torch.optim.SGD's, per trial, with η and β of shape [K] broadcast over each
-stacked parameter (as in `trial.native`, dampening 0):
-    v ← β·v + g            (v₀ = 0, so v₁ = g₁ exactly as torch's first step)
-    d = g + β·v  (Nesterov)  or  d = v
-    θ ← θ + (−η)·d
-using the same elementwise kernels as torch.optim.SGD (`mul_`, `add_`, and `addcmul_`, whose CPU
-kernel fuses the multiply-add exactly like `add_(d, alpha=−η)`), so on the CPU each trial's
-weights equal the reference engine's bit for bit (tested). A β = 0 trial runs the same
-recursion: v = 0·v + g = g.
+The update is the reference engine's optimizer, per trial, applied to the whole stack with each
+trial's settings as [K] columns (engine/updates.py): torch.optim.SGD, Adam, RMSprop, Adagrad with
+the same elementwise kernels, so on the CPU each trial's weights equal the reference engine's bit
+for bit (tested), and hpconj's per-example rules and McAllester's SGD. Those read q, the mean of
+the squared per-example gradients: for the built-in networks from one extra batched product per
+layer (q_W = B·(G∘G)ᵀ·(h∘h), engine/stacked.py), for any other model from torch.func per-example
+gradients, vmap over examples inside vmap over trials, in chunks of examples that bound memory.
+Their q is the reference's up to rounding (the reference sums the examples one by one), so those
+trials agree with it to a stated tolerance, not bit for bit. A chunk whose trials follow several
+rules (`Native.group`) trains as one stack per rule.
 
 Batch losses are kept per curve window and summed in float64 in step order when a curve point
 is recorded, exactly as the reference engine sums them; the first non-finite loss of a trial
@@ -33,13 +34,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad_and_value, stack_module_state, vmap
-from torch.utils._pytree import tree_map
+from torch.func import functional_call, grad, grad_and_value, stack_module_state, vmap
+from torch.utils._pytree import tree_flatten, tree_map
 
 from hpconj.engine.base import CurvePoint, TrialResult, curve_steps, failed_result, is_diverged, tensors_digest
 from hpconj.engine.reference import train_trial
 from hpconj.engine.stacked import Layer, layer_plan, stacked_logits, stacked_loss_and_grads
+from hpconj.engine.updates import StackedUpdate, stacked_update
 from hpconj.tasks import Metrics, Task
+from hpconj.tasks.base import LossOf
 from hpconj.tasks.supervised import SupervisedTask
 from hpconj.trials import Trial
 
@@ -57,33 +60,31 @@ class CohortEngine:
 
     def run(self, task: Task, trials: Sequence[Trial], device: torch.device) -> Iterator[TrialResult]:
         for start in range(0, len(trials), self.chunk_size):
-            chunk = list(trials[start : start + self.chunk_size])
-            done: set[str] = set()
-            try:
-                for result in train_cohort(task, chunk, device):
-                    done.add(result.trial_id)
-                    yield result
-            except Exception as exc:
-                # A user model that fails in stacked form (it raises, or cannot be vmapped):
-                # run the rest one trial at a time, so that a failure is recorded against
-                # the trials that really fail, with their own error.
-                log.info("cohort of %d trials (B=%d) runs one trial at a time: %s: %s", len(chunk),
-                         chunk[0].batch_size, type(exc).__name__, exc)
-                for trial in chunk:
-                    if trial.trial_id not in done:
-                        yield train_trial(task, trial, device)
+            yield from self._run_chunk(task, list(trials[start : start + self.chunk_size]), device)
+
+    def _run_chunk(self, task: Task, chunk: list[Trial], device: torch.device) -> Iterator[TrialResult]:
+        done: set[str] = set()
+        try:
+            for result in train_cohort(task, chunk, device):
+                done.add(result.trial_id)
+                yield result
+        except Exception as exc:
+            # A user model that fails in stacked form (it raises, or cannot be vmapped):
+            # run the rest one trial at a time, so that a failure is recorded against
+            # the trials that really fail, with their own error.
+            log.info("cohort of %d trials (B=%d) runs one trial at a time: %s: %s", len(chunk),
+                     chunk[0].batch_size, type(exc).__name__, exc)
+            for trial in chunk:
+                if trial.trial_id not in done:
+                    yield train_trial(task, trial, device)
 
 
-class _LossOf(nn.Module):
-    """Wraps a model so that functional_call can swap its parameters inside `task.batch_loss`."""
-
-    def __init__(self, task: Task, model: nn.Module):
-        super().__init__()
-        self.task = task
-        self.model = model
-
-    def forward(self, batch: object) -> torch.Tensor:
-        return self.task.batch_loss(self.model, batch)
+def _by_rule(trials: Sequence[Trial]) -> list[list[Trial]]:
+    """The trials grouped by update rule, each group in the given order."""
+    groups: dict[str, list[Trial]] = {}
+    for trial in trials:
+        groups.setdefault(trial.native.group, []).append(trial)
+    return list(groups.values())
 
 
 @dataclass(frozen=True)
@@ -98,41 +99,25 @@ class _Clock:
 
 
 class _Stack:
-    """Parameters, momentum buffers and gradients of K trials, each [K, ...] per parameter.
+    """Parameters and gradients of K trials, each [K, ...] per parameter, their optimizer's
+    stacked state, and (for per-example rules) q, the per-example second moments."""
 
-    η and β are [K, 1, ...] so that each update kernel broadcasts them over a trial's
-    elements (measured: 1.5× faster than one flat buffer with per-element η and β, whose extra
-    memory traffic outweighed the fewer kernel calls).
-    """
-
-    def __init__(self, params: dict[str, torch.Tensor], neg_lr: torch.Tensor, beta: torch.Tensor,
-                 momentum: dict[str, torch.Tensor] | None = None):
+    def __init__(self, params: dict[str, torch.Tensor], update: StackedUpdate):
         self.params = {n: p.contiguous() for n, p in params.items()}
-        self.momentum = momentum if momentum is not None else {n: torch.zeros_like(p) for n, p in self.params.items()}
+        self.update = update
         self.grads = {n: torch.zeros_like(p) for n, p in self.params.items()}
-        self.neg_lr, self.beta = neg_lr, beta
-        # η and β as [K, 1, ...] per parameter: each kernel broadcasts them over a trial's elements
-        # (measured: faster than _foreach_ ops on stride-0 expanded views of the same)
-        self._shaped = {n: (_column(beta, p), _column(neg_lr, p)) for n, p in self.params.items()}
+        self.second = {n: torch.zeros_like(p) for n, p in self.params.items()} if update.per_example else None
 
-    def step(self, nesterov: bool) -> None:
-        """torch.optim.SGD on every trial at once (see the module docstring)."""
-        for name, param in self.params.items():
-            beta, neg_lr = self._shaped[name]
-            grad, velocity = self.grads[name], self.momentum[name]
-            velocity.mul_(beta).add_(grad)
-            direction = grad.addcmul(velocity, beta) if nesterov else velocity
-            param.addcmul_(direction, neg_lr)
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.params.values())).device
+
+    def step(self) -> None:
+        self.update.step(self.params, self.grads, self.second)
 
     def keep(self, rows: torch.Tensor) -> _Stack:
         pick = {n: v.index_select(0, rows) for n, v in self.params.items()}
-        mom = {n: v.index_select(0, rows) for n, v in self.momentum.items()}
-        return _Stack(pick, self.neg_lr.index_select(0, rows), self.beta.index_select(0, rows), mom)
-
-
-def _column(per_trial: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A [K] tensor shaped [K, 1, ...] to broadcast over `like` [K, ...]."""
-    return per_trial.view((-1,) + (1,) * (like.dim() - 1))
+        return _Stack(pick, self.update.keep(rows))
 
 
 @dataclass
@@ -146,7 +131,7 @@ class _Live:
     curves: list[list[CurvePoint]]
 
     def keep(self, rows: list[int]) -> None:
-        index = torch.tensor(rows, device=self.state.neg_lr.device)
+        index = torch.tensor(rows, device=self.state.device)
         self.trials = [self.trials[i] for i in rows]
         self.state = self.state.keep(index)
         self.buffers = {k: v.index_select(0, index) for k, v in self.buffers.items()}
@@ -155,7 +140,15 @@ class _Live:
 
 
 def train_cohort(task: Task, trials: list[Trial], device: torch.device) -> Iterator[TrialResult]:
-    """Train trials that share task, batch size and budget; yield each result when it ends."""
+    """Train trials that share task, batch size and budget; yield each result when it ends.
+
+    Trials of different update rules (`Native.group`) train as separate stacks, one after the other."""
+    for group in _by_rule(trials):
+        yield from _train_stack(task, group, device)
+
+
+def _train_stack(task: Task, trials: list[Trial], device: torch.device) -> Iterator[TrialResult]:
+    """Train trials that share task, batch size, budget and update rule as one stack."""
     clock = _Clock(time.perf_counter(), len(trials))
     batch_size = trials[0].batch_size
     steps = task.steps(trials[0].budget, batch_size)
@@ -165,21 +158,16 @@ def train_cohort(task: Task, trials: list[Trial], device: torch.device) -> Itera
     for model in init.values():
         model.train()
     initial_loss = {s: task.reference_loss(init[s]) for s in seeds}
-    base = _LossOf(task, init[seeds[0]])
-    params, buffers = stack_module_state([_LossOf(task, init[t.seed]) for t in trials])
-    native = [t.native for t in trials]
+    base = LossOf(task, init[seeds[0]])
+    params, buffers = stack_module_state([LossOf(task, init[t.seed]) for t in trials])
+    params = {k: v.detach() for k, v in params.items()}
     live = _Live(
         trials=list(trials),
-        state=_Stack(
-            {k: v.detach() for k, v in params.items()},
-            neg_lr=torch.tensor([-n.lr for n in native], dtype=torch.float32, device=device),
-            beta=torch.tensor([n.momentum for n in native], dtype=torch.float32, device=device),
-        ),
+        state=_Stack(params, stacked_update([t.native for t in trials], params)),
         buffers=buffers,
         initial=[initial_loss[t.seed] for t in trials],
         curves=[[CurvePoint(0, 0, initial_loss[t.seed])] for t in trials],
     )
-    nesterov = any(n.nesterov for n in native)
     layers = layer_plan(base.model) if isinstance(task, SupervisedTask) and not buffers else None
     step_fn = _step_function(task, base, layers)
     batches = _BatchStacker(task, seeds, batch_size, steps, device)
@@ -188,7 +176,7 @@ def train_cohort(task: Task, trials: list[Trial], device: torch.device) -> Itera
     history: list[torch.Tensor] = []  # batch losses [K] of each step since the last curve point
     for step in range(1, steps + 1):
         losses = step_fn(live.state, live.buffers, batches.next())
-        live.state.step(nesterov)
+        live.state.step()
         history.append(losses)
         if step in record_at:
             before = len(live.trials)
@@ -233,7 +221,7 @@ class _StepBatch:
 StepFunction = Callable[[_Stack, dict[str, torch.Tensor], _StepBatch], torch.Tensor]
 
 
-def _step_function(task: Task, base: _LossOf, layers: list[Layer] | None) -> StepFunction:
+def _step_function(task: Task, base: LossOf, layers: list[Layer] | None) -> StepFunction:
     """(state, buffers, batch) → per-trial batch losses [K], with the gradients in state.grad.
 
     Built-in networks (`layers` given) get the hand-written stacked kernels (engine/stacked.py);
@@ -244,7 +232,7 @@ def _step_function(task: Task, base: _LossOf, layers: list[Layer] | None) -> Ste
 
         def stacked(state: _Stack, buffers: dict[str, torch.Tensor], batch: _StepBatch) -> torch.Tensor:
             x, y = batch.stacked()
-            return stacked_loss_and_grads(layers, state.params, x, y, classes, out=state.grads)
+            return stacked_loss_and_grads(layers, state.params, x, y, classes, out=state.grads, second=state.second)
 
         return stacked
 
@@ -253,13 +241,46 @@ def _step_function(task: Task, base: _LossOf, layers: list[Layer] | None) -> Ste
 
     grad_fn = vmap(grad_and_value(loss), in_dims=(0, 0, 0), randomness="different")
 
+    def example_loss(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], example: object) -> torch.Tensor:
+        return loss(p, b, tree_map(lambda t: t.unsqueeze(0), example))
+
+    # per trial (outer vmap), per example of its batch (inner vmap): [K, n, ...] gradients
+    example_grads_fn = vmap(vmap(grad(example_loss), in_dims=(None, None, 0), randomness="different"),
+                            in_dims=(0, 0, 0), randomness="different")
+
     def generic(state: _Stack, buffers: dict[str, torch.Tensor], batch: _StepBatch) -> torch.Tensor:
-        grads, losses = grad_fn(state.params, buffers, batch.stacked())
+        stacked = batch.stacked()
+        grads, losses = grad_fn(state.params, buffers, stacked)
         for name, view in state.grads.items():
             view.copy_(grads[name])
+        if state.second is not None:
+            _example_second_moments(example_grads_fn, state, buffers, stacked)
         return losses.detach()
 
     return generic
+
+
+EXAMPLE_GRADIENT_FLOATS = 1 << 24  # per-example gradients held at once: 64 MiB of float32
+
+
+def _example_second_moments(example_grads_fn: Callable, state: _Stack, buffers: dict[str, torch.Tensor],
+                            stacked: object) -> None:
+    """state.second ← q = (1/B)·Σᵢ gᵢ² per trial, from per-example gradients taken a chunk of
+    examples at a time so that at most EXAMPLE_GRADIENT_FLOATS of them exist at once."""
+    leaves = tree_flatten(stacked)[0]
+    trials, size = leaves[0].shape[0], leaves[0].shape[1]
+    floats = sum(p[0].numel() for p in state.params.values())
+    chunk = max(1, EXAMPLE_GRADIENT_FLOATS // max(1, trials * floats))
+    for total in state.second.values():
+        total.zero_()
+    for start in range(0, size, chunk):
+        part = tree_map(lambda t: t[:, start : start + chunk], stacked)
+        grads = example_grads_fn(state.params, buffers, part)
+        for name, total in state.second.items():
+            g = grads[name]
+            total.add_((g * g).sum(1))
+    for total in state.second.values():
+        total.div_(size)
 
 
 def _window_sums(history: list[torch.Tensor]) -> tuple[list[float], list[int]]:
@@ -278,7 +299,7 @@ def _window_sums(history: list[torch.Tensor]) -> tuple[list[float], list[int]]:
     return sums, first_bad
 
 
-def _record(task: Task, live: _Live, base: _LossOf, step: int, history: list[torch.Tensor], batch_size: int,
+def _record(task: Task, live: _Live, base: LossOf, step: int, history: list[torch.Tensor], batch_size: int,
             clock: _Clock) -> Iterator[TrialResult]:
     """Add a curve point to every live trial; finish the ones that diverged."""
     window = len(history)
@@ -305,7 +326,7 @@ def _trial_state(live: _Live, i: int) -> dict[str, torch.Tensor]:
     return {k.removeprefix("model."): v[i] for k, v in merged.items()}
 
 
-def _trial_model(live: _Live, base: _LossOf, i: int) -> nn.Module:
+def _trial_model(live: _Live, base: LossOf, i: int) -> nn.Module:
     """Trial i's weights loaded into a copy of the base model."""
     model = copy.deepcopy(base.model)
     model.load_state_dict(_trial_state(live, i))
@@ -318,7 +339,7 @@ def _diverged(trial: Trial, curve: list[CurvePoint], step: int, batch_size: int,
                        tuple(curve))
 
 
-def _finish(task: Task, live: _Live, base: _LossOf, layers: list[Layer] | None, steps: int, batch_size: int,
+def _finish(task: Task, live: _Live, base: LossOf, layers: list[Layer] | None, steps: int, batch_size: int,
             clock: _Clock) -> Iterator[TrialResult]:
     """Evaluate the trials that trained to the end (stacked when the network is built-in)."""
     if not live.trials:

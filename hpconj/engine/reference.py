@@ -1,8 +1,11 @@
-"""The reference engine: one trial at a time with torch.optim.SGD. Readable; the oracle.
+"""The reference engine: one trial at a time with torch.optim. Readable; the oracle.
 
 For step t = 1..T: loss_t = task.batch_loss(model, batch_t) (mean over the batch), backward,
-then `torch.optim.SGD(**trial.native.torch_kwargs())`.step() — the parameterization has already
-turned (η, B, β) into native settings, so this loop is the same for every parameterization.
+then one step of the trial's optimizer (`hpconj.optimizers.reference_optimizer`: torch.optim's
+SGD, Adam, RMSprop, Adagrad with `trial.native.torch_kwargs()`, or hpconj's per-example rules) —
+the parameterization has already turned (η, B, β) into native settings, so this loop is the same
+for every parameterization. Rules that read per-example second moments get them from a plain
+loop over the batch's examples (`example_second_moments`).
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from hpconj.engine.base import CurvePoint, TrialResult, curve_steps, failed_result, is_diverged, params_digest
+from hpconj.optimizers import example_second_moments, reference_optimizer
 from hpconj.tasks import Task
 from hpconj.trials import Trial
 
@@ -38,17 +42,18 @@ def train_trial(task: Task, trial: Trial, device: torch.device) -> TrialResult:
 def _train(task: Task, trial: Trial, device: torch.device, steps: int, start: float) -> TrialResult:
     model = task.init_model(trial.seed).to(device)
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), **trial.native.torch_kwargs())
+    native = trial.native
+    optimizer = reference_optimizer(native, model.parameters())
     initial = task.reference_loss(model)
     record_at = curve_steps(steps)
     curve = [CurvePoint(0, 0, initial)]
     recent_sum, last_record = 0.0, 0  # float64 running sum: the cohort engine sums the same way
     status, done = "ok", 0
     for batch in task.batch_stream(trial.seed, trial.batch_size, steps, device):
-        optimizer.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
         loss = task.batch_loss(model, batch)
         loss.backward()
-        optimizer.step()
+        optimizer.step(example_second_moments(task, model, batch) if native.per_example else None)
         done += 1
         value = loss.item()
         recent_sum += value

@@ -76,9 +76,13 @@ def _per_target(batch: int, device: torch.device) -> torch.Tensor:
 
 def stacked_loss_and_grads(
     layers: list[Layer], params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, classes: int,
-    out: dict[str, torch.Tensor],
+    out: dict[str, torch.Tensor], second: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Batch-mean losses [K] for stacked inputs x [K, B, d]; the gradients go into `out` [K, ...].
+
+    With `second`, also q = (1/B)·Σᵢ gᵢ², the mean squared per-example gradient: example i's own
+    loss has gradient B·Gᵢ at the layer's output (G is that of the batch mean), so
+    q_W[o, j] = (1/B)·Σᵢ (B·Gᵢ[o]·hᵢ[j])² = B·((G∘G)ᵀ·(h∘h))[o, j] and q_b = B·Σᵢ Gᵢ∘Gᵢ.
 
     Every product is per trial (bmm): a single wide GEMM over several trials would be faster
     but its bits can depend on how many trials share it once MKL uses several threads.
@@ -116,6 +120,12 @@ def stacked_loss_and_grads(
         torch.bmm(grad.transpose(1, 2), inputs[index], out=out[layer.weight])
         if layer.bias is not None:
             torch.sum(grad, 1, out=out[layer.bias])
+        if second is not None:
+            squared = grad * grad
+            torch.bmm(squared.transpose(1, 2), inputs[index] * inputs[index], out=second[layer.weight])
+            second[layer.weight].mul_(batch)
+            if layer.bias is not None:
+                torch.sum(squared, 1, out=second[layer.bias]).mul_(batch)
         if index > 0:
             grad = torch.bmm(grad, params[layer.weight])
             below = layers[index - 1]

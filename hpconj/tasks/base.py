@@ -69,3 +69,17 @@ def seeded_init(builder: Any, seed: int) -> nn.Module:
 def order_generator(seed: int) -> torch.Generator:
     """The RNG of example order (and of streamed examples): independent of the init RNG."""
     return torch.Generator().manual_seed(1_000_003 * seed + 7919)
+
+
+class LossOf(nn.Module):
+    """`task.batch_loss(model, batch)` as a module, so that torch.func's functional_call can swap
+    the model's parameters wherever the loss reads them (the quadratic's loss reads model.theta,
+    not forward). Its parameters are named "model.<name>"."""
+
+    def __init__(self, task: Task, model: nn.Module):
+        super().__init__()
+        self.task = task
+        self.model = model
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.task.batch_loss(self.model, batch)
