@@ -77,11 +77,12 @@ class SGDUpdate(StackedUpdate):
     state_names = ("velocity",)
 
     def settings(self) -> dict[str, list[float]]:
+        self.nesterov = any(n.nesterov for n in self.natives)
         return {"beta": [n.momentum for n in self.natives], "neg_lr": [-n.lr for n in self.natives]}
 
     def step(self, params: Tensors, grads: Tensors, second: Tensors | None) -> None:
         self.t += 1
-        nesterov = any(n.nesterov for n in self.natives)
+        nesterov = self.nesterov
         for name, param in params.items():
             beta = self.column("beta", name, param)
             grad, velocity = grads[name], self.state["velocity"][name]
