@@ -489,12 +489,15 @@ class Config(Record):
             betas = [("sweep.momentum", b) for b in self.sweep.momentum] + [("adam.beta2", self.adam.beta2)]
         elif self.optimizer == "rmsprop":
             betas = [("rmsprop.alpha", self.rmsprop.alpha)]
-        kappa = max(self.sweep.batch_size) / self.reference_batch_size
-        for key, beta in betas:
-            if kappa * (1 - beta) >= 1:
-                raise _keyed(key, f"the sqrt rule needs κ·(1 − β) < 1 for every batch size, but at batch size "
-                             f"{max(self.sweep.batch_size)} κ = B/B_ref = {kappa:g} and κ·(1 − {beta:g}) = "
-                             f"{kappa * (1 - beta):g}; raise reference_batch_size or β")
+        for batch in self.sweep.batch_size:
+            kappa = batch / self.reference_batch_size
+            if kappa == 1:
+                continue  # sqrt is standard there (parameterizations.sqrt keeps β as it is)
+            for key, beta in betas:
+                if kappa * (1 - beta) >= 1:
+                    raise _keyed(key, f"the sqrt rule needs κ·(1 − β) < 1 for every batch size, but at batch "
+                                 f"size {batch} κ = B/B_ref = {kappa:g} and κ·(1 − {beta:g}) = "
+                                 f"{kappa * (1 - beta):g}; raise reference_batch_size or β")
 
     @property
     def optimizer_settings(self) -> Record | None:

@@ -27,6 +27,7 @@ import torch
 
 from hpconj.config import TaskSpec
 from hpconj.engine import TrialResult, get_engine
+from hpconj.engine.base import EXAMPLE_GRADIENT_FLOATS
 from hpconj.repro import apply_determinism
 from hpconj.tasks import Task, build_task
 from hpconj.trials import Cohort, Trial
@@ -282,7 +283,7 @@ class Footprint:
 
 # Per-example gradients (conjugate adaptive rules, mcallester) are computed in pieces of at most
 # 2**24 floats (hpconj.engine.cohort): a fixed allowance per process.
-_EXAMPLE_GRADIENT_BYTES = 4 * 2**24
+_EXAMPLE_GRADIENT_BYTES = 4 * EXAMPLE_GRADIENT_FLOATS
 _EVAL_ROWS = 8192  # hpconj.tasks.supervised evaluates whole data sets in pieces of this many examples
 
 

@@ -34,13 +34,14 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_leaves, tree_map
 
 from hpconj.config import QuadraticTask
+from hpconj.engine.base import EXAMPLE_GRADIENT_FLOATS
 from hpconj.tasks.base import LossOf, Task
 from hpconj.tasks.quadratic import curvatures
 from hpconj.tasks.supervised import SupervisedTask
 
 log = logging.getLogger("hpconj")
 
-MAX_FLOATS = 2**24
+MAX_FLOATS = EXAMPLE_GRADIENT_FLOATS
 """At most this many per-example gradient floats at once (chunk × n_params): 64 MiB in float32."""
 
 NOISE_STREAM_OFFSET = 7_777_777

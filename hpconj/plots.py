@@ -44,6 +44,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import ListedColormap, LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+
+from hpconj.analysis import mean_noise_scale, noise_scale_text
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter, Locator, LogLocator, MaxNLocator
 
@@ -438,15 +440,11 @@ NOISE_COLOR = "#3d3d3d"
 
 def _noise_scale(noise: pd.DataFrame | None) -> float:
     """B_simple of the summary's mean row (analysis.noise_summary); NaN when absent."""
-    if noise is None or noise.empty or "row" not in noise.columns or "b_simple" not in noise.columns:
-        return math.nan
-    mean = noise[noise["row"] == "mean"]["b_simple"].to_numpy(dtype=float)
-    return float(mean[0]) if mean.size else math.nan
+    return mean_noise_scale(noise) if noise is not None and "b_simple" in noise.columns else math.nan
 
 
 def _noise_label(value: float) -> str:
-    rounded = f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
-    return f"B_simple ≈ {rounded}: conjugacy expected below"
+    return f"B_simple ≈ {noise_scale_text(value)}: conjugacy expected below"
 
 
 def _draw_noise_scale(ax: Axes, value: float, all_x: Sequence[float], handles: list[Any]) -> None:

@@ -192,7 +192,8 @@ class RayExecutor:
 
     # ------------------------------------------------------------------------- running
     def run(self, task: Task, spec: TaskSpec, units: list[WorkUnit], device: torch.device) -> Iterator[TrialResult]:
-        """Submit every unit; yield each unit's results as soon as it finishes (in finishing order)."""
+        """Keep at most `resources.workers` units in flight (--workers); yield each unit's results as
+        soon as it finishes (in finishing order) and submit the next."""
         ray = self._ray
         if not units:
             return
@@ -200,12 +201,18 @@ class RayExecutor:
         on_worker = "cuda" if device.type == "cuda" else str(device)
         spec_ref = ray.put(spec)
         paths = _import_paths()
-        self._pending = {
-            self._remote.remote(self.engine_name, self.chunk_size, spec_ref, unit, on_worker, self.resources.threads,
-                                paths): unit
-            for unit in units
-        }
+        waiting = list(units)
+        self._pending = {}
+
+        def submit() -> None:
+            while waiting and len(self._pending) < self.resources.workers:
+                unit = waiting.pop(0)
+                ref = self._remote.remote(self.engine_name, self.chunk_size, spec_ref, unit, on_worker,
+                                          self.resources.threads, paths)
+                self._pending[ref] = unit
+
         try:
+            submit()
             while self._pending:
                 ready, _ = ray.wait(list(self._pending), num_returns=1)
                 for ref in ready:
@@ -214,6 +221,7 @@ class RayExecutor:
                         results = ray.get(ref)
                     except ray.exceptions.RayError as exc:
                         raise ExecutorError(_task_failure(exc, unit, ray)) from exc
+                    submit()
                     yield from results
         except BaseException:  # an error, Ctrl-C, or the consumer stopped: stop the rest
             self._cancel()

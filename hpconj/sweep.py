@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 import yaml
 
 import hpconj
@@ -84,8 +85,31 @@ def plan_sweep(config: Config, task: Task) -> SweepPlan:
         steps[b] = task.steps(config.budget, b)
         if steps[b] < 1:
             raise SweepError(f"budget: batch size {b} gets 0 steps; raise the budget or lower the batch size")
+        if config.optimizer == "mcallester" and steps[b] <= config.mcallester.warmup:
+            raise SweepError(f"mcallester.warmup: batch size {b} gets {steps[b]} steps, no more than the "
+                             f"{config.mcallester.warmup} warm-up steps in which McAllester's SGD does not move; "
+                             "lower the warm-up or raise the budget")
     trials = expand_trials(config)
+    if any(t.native.per_example for t in trials):
+        check_per_example_model(task)
     return SweepPlan(config, trials, group_cohorts(trials), steps)
+
+
+# Layers whose output for one example depends on the others in its batch (BatchNorm) or on a
+# random draw per forward pass (Dropout): per-example gradients of such a model are not the
+# per-example parts of its batch gradient.
+_COUPLING_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+def check_per_example_model(task: Task) -> None:
+    """Per-example rules (adaptive `conjugate`, `mcallester`) need a model whose batch gradient is
+    the mean of its per-example gradients: refuse BatchNorm and Dropout with one line."""
+    model = task.init_model(0)
+    found = sorted({type(m).__name__ for m in model.modules() if isinstance(m, _COUPLING_LAYERS)})
+    if found:
+        raise SweepError(f"task.model: the per-example rules (conjugate for adaptive optimizers, mcallester) need "
+                         f"per-example gradients whose mean is the batch gradient, but the model has "
+                         f"{', '.join(found)}; use standard or sqrt, or a model without them")
 
 
 def load_task(config: Config) -> Task:
@@ -193,8 +217,7 @@ def run_sweep(
     if on_start is not None:
         on_start(len(plan.trials), outcome.skipped)
     try:
-        if measure_noise(config, on_device, store, device):
-            remove_analysis(folder)  # summary.md and the plots show the noise scale
+        measure_noise(config, on_device, store, device)  # a new estimate shows after the next `hpconj plot`
         for result in executor.run(on_device, config.task, units, device):
             trial = by_id[result.trial_id]
             store.record(trial, result, executor.engine_name, str(device))

@@ -205,10 +205,10 @@ CASES: list[tuple[str, dict[str, Any], str, tuple[str, ...] | None, tuple[str, .
      ("sqrt is the square-root rule of adaptive optimizers", "not of momentum")),
     ("sqrt-kappa-too-large", {"optimizer": "adam", "parameterizations": ["sqrt"], "sweep.momentum": [0.5, 0.9]},
      "sweep.momentum", (r"^sweep:", r"^  momentum:"),
-     ("κ·(1 − β) < 1", "at batch size 8 κ = B/B_ref = 4", "κ·(1 − 0.5) = 2")),
+     ("κ·(1 − β) < 1", "at batch size 4 κ = B/B_ref = 2", "κ·(1 − 0.5) = 1")),
     ("sqrt-beta2-too-small", {"optimizer": "adam", "adam": {"beta2": 0.5}, "parameterizations": ["sqrt"],
                               "sweep.momentum": [0.9]}, "adam.beta2", (r"^adam:", r"^  beta2:"),
-     ("κ·(1 − 0.5) = 2", "raise reference_batch_size or β")),
+     ("κ·(1 − 0.5) = 1", "raise reference_batch_size or β")),
     ("adam-beta2-one", {"optimizer": "adam", "adam": {"beta2": 1.0}}, "adam.beta2", (r"^adam:", r"^  beta2:"),
      ("must be a number >= 0 and < 1", "got 1.0")),
     ("adam-unknown-key", {"optimizer": "adam", "adam": {"beta1": 0.9}}, "adam.beta1",
@@ -314,6 +314,13 @@ def test_adam_betas_resolve_to_the_momentum_axis_and_beta2(tmp_path: Path) -> No
     assert load_config(write(tmp_path, mutate({"optimizer": "adam", "sweep.momentum": DELETE}))).sweep.momentum == [0.9]
     stored = config.canonical()  # the resolved form reloads to the same experiment
     assert "betas" not in stored["adam"] and stored["sweep"]["momentum"] == [0.8]
+
+
+def test_sqrt_accepts_any_beta_where_it_is_standard(tmp_path: Path) -> None:
+    """κ = 1 (B = B_ref) leaves β as it is, and κ < 1 never reaches κ·(1 − β) ≥ 1."""
+    config = load_config(write(tmp_path, mutate({"optimizer": "adam", "parameterizations": ["sqrt"],
+                                                 "reference_batch_size": 8, "sweep.momentum": [0.0]})))
+    assert config.sweep.batch_size == [2, 4, 8]
 
 
 def test_quickstart_still_valid() -> None:

@@ -308,3 +308,20 @@ def test_mean_is_a_ratio_of_means_and_infinite_without_signal():
                                        "b_simple": [math.inf]}))
     assert math.isinf(mean_noise_scale(none))
     assert noise_summary(pd.DataFrame()).empty
+
+
+def test_rerunning_a_finished_folder_adds_the_estimate_and_keeps_the_analysis(plotted: Path, tmp_path: Path):
+    """A folder from before the noise scale existed: re-running its sweep trains nothing, measures
+    B_simple, and leaves optima.csv, shifts.csv and summary.md in place (no trial changed)."""
+    import sqlite3
+
+    old = tmp_path / "old"
+    shutil.copytree(plotted, old)
+    with sqlite3.connect(old / "store.sqlite") as db:
+        db.execute("DELETE FROM noise_scale")
+    (old / "noise_scale.csv").unlink()
+    summary = (old / "summary.md").read_text()
+    proc = run_cli("sweep", str(plotted.parent / "tiny.yaml"), "--out", str(old), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert (old / "summary.md").read_text() == summary and (old / "optima.csv").is_file()
+    assert len(pd.read_csv(old / "noise_scale.csv")) == len(pd.read_csv(plotted / "noise_scale.csv"))

@@ -31,6 +31,7 @@ from hpconj.tasks import build_task
 from hpconj.tasks.base import LossOf
 from hpconj.tasks.quadratic import curvatures
 from hpconj.trials import expand_trials
+from conftest import run_cli
 from test_cohort import _assert_matches_reference
 
 CPU = torch.device("cpu")
@@ -203,13 +204,13 @@ def test_second_moments_batched_product_vmap_and_loop_agree(write_config, kind):
 
     fn = vmap(vmap(grad(example_loss), in_dims=(None, None, 0)), in_dims=(0, 0, 0))
     mapped = _Stack(params, update)
-    import hpconj.engine.cohort as cohort_module
-    old = cohort_module.EXAMPLE_GRADIENT_FLOATS
-    cohort_module.EXAMPLE_GRADIENT_FLOATS = 5 * 2 * sum(p[0].numel() for p in params.values())  # chunks of 5
+    import hpconj.engine.base as engine_base
+    old = engine_base.EXAMPLE_GRADIENT_FLOATS
+    engine_base.EXAMPLE_GRADIENT_FLOATS = 5 * 2 * sum(p[0].numel() for p in params.values())  # chunks of 5
     try:
         _example_second_moments(fn, mapped, {}, (x.expand(2, *x.shape), y.expand(2, *y.shape)))
     finally:
-        cohort_module.EXAMPLE_GRADIENT_FLOATS = old
+        engine_base.EXAMPLE_GRADIENT_FLOATS = old
     for i, name in enumerate(params):
         for k in range(2):
             expected = loop[k][i]
@@ -320,3 +321,33 @@ def test_mcallester_trains_both_tasks(write_config, task):
     best = min(r.train_loss for r in results if r.status == "ok")
     assert best < 0.5 * initial
     assert all(math.isfinite(r.train_loss) for r in results if r.status == "ok")
+
+
+# ----------------------------------------------------------------------------- refused before training
+@pytest.mark.parametrize("layer", ["Dropout(0.1)", "BatchNorm1d(24)"])
+def test_per_example_rules_refuse_models_that_couple_examples(write_config, tmp_path, layer):
+    (tmp_path / "coupled.py").write_text(textwrap.dedent(f"""
+        from torch import nn
+
+        def build(input_dim, output_dim):
+            return nn.Sequential(nn.Linear(input_dim, 24), nn.{layer}, nn.ReLU(), nn.Linear(24, output_dim))
+    """))
+    task = {"_replace": True, "model": "coupled:build", "data": {"name": "teacher", "examples": 128}}
+    path = write_config(task=task, optimizer="adam", parameterizations=["standard", "conjugate"],
+                        sweep={"_replace": True, "lr": {"values": [0.01]}, "batch_size": [8]})
+    proc = run_cli("validate", str(path), cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "per-example rules" in line and layer.split("(")[0] in line
+    standard = write_config("standard.yaml", task=task, optimizer="adam", parameterizations=["standard"],
+                            sweep={"_replace": True, "lr": {"values": [0.01]}, "batch_size": [8]})
+    assert run_cli("validate", str(standard), cwd=tmp_path).returncode == 0
+
+
+def test_mcallester_refuses_a_budget_inside_its_warm_up(write_config, tmp_path):
+    path = write_config(optimizer="mcallester", mcallester={"warmup": 10}, budget={"_replace": True, "steps": 10},
+                        sweep={"_replace": True, "lr": {"values": [1.0]}, "batch_size": [8]})
+    proc = run_cli("validate", str(path))
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: mcallester.warmup: batch size 8 gets 10 steps"), line

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import pandas as pd
+import torch
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -219,3 +220,23 @@ def test_a_task_whose_worker_dies_is_retried(ray_instance, tmp_path):
     trials = pd.read_csv(out / "trials.csv")
     assert len(trials) == 48 and set(trials["status"]) == {"ok", "diverged"}
     assert _manifest(out)["status"] == "complete"
+
+
+def test_workers_caps_the_tasks_in_flight(ray_instance):
+    """--workers N: at most N units are submitted at a time (Ray would otherwise run one per CPU)."""
+    from hpconj.config import config_from_dict
+    from hpconj.executor import split_units
+    from hpconj.ray_executor import RayExecutor
+    from hpconj.tasks import build_task
+    from hpconj.trials import expand_trials, group_cohorts
+
+    config = config_from_dict(merged(TINY, {"budget": {"_replace": True, "steps": 5}}))
+    trials = expand_trials(config)
+    units = split_units(group_cohorts(trials), {t.trial_id for t in trials}, chunk_size=4, workers=2)
+    assert len(units) > 2
+    executor = RayExecutor("cohort", 4, device=torch.device("cpu"), workers=1, units=len(units))
+    in_flight = []
+    with executor:
+        for _ in executor.run(build_task(config.task), config.task, units, torch.device("cpu")):
+            in_flight.append(len(executor._pending))
+    assert executor.resources.workers == 1 and max(in_flight) <= 1

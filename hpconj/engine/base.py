@@ -20,6 +20,9 @@ from hpconj.trials import Trial
 
 DIVERGENCE_FACTOR = 100.0  # a loss above 100× its initial value counts as diverged
 CURVE_POINTS = 50
+# Per-example gradients held at once (chunks of examples × parameters), wherever they are taken
+# (per-example second moments, the gradient noise scale): 64 MiB of float32.
+EXAMPLE_GRADIENT_FLOATS = 1 << 24
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from torch import nn
 from torch.func import functional_call, grad, grad_and_value, stack_module_state, vmap
 from torch.utils._pytree import tree_flatten, tree_map
 
+from hpconj.engine import base as engine_base
 from hpconj.engine.base import CurvePoint, TrialResult, curve_steps, failed_result, is_diverged, tensors_digest
 from hpconj.engine.reference import train_trial
 from hpconj.engine.stacked import Layer, layer_plan, stacked_logits, stacked_loss_and_grads
@@ -260,17 +261,17 @@ def _step_function(task: Task, base: LossOf, layers: list[Layer] | None) -> Step
     return generic
 
 
-EXAMPLE_GRADIENT_FLOATS = 1 << 24  # per-example gradients held at once: 64 MiB of float32
 
 
 def _example_second_moments(example_grads_fn: Callable, state: _Stack, buffers: dict[str, torch.Tensor],
                             stacked: object) -> None:
     """state.second ← q = (1/B)·Σᵢ gᵢ² per trial, from per-example gradients taken a chunk of
-    examples at a time so that at most EXAMPLE_GRADIENT_FLOATS of them exist at once."""
+    examples at a time so that at most EXAMPLE_GRADIENT_FLOATS of them exist at once (or one
+    example's, for every trial, if that is more)."""
     leaves = tree_flatten(stacked)[0]
     trials, size = leaves[0].shape[0], leaves[0].shape[1]
     floats = sum(p[0].numel() for p in state.params.values())
-    chunk = max(1, EXAMPLE_GRADIENT_FLOATS // max(1, trials * floats))
+    chunk = max(1, engine_base.EXAMPLE_GRADIENT_FLOATS // max(1, trials * floats))
     for total in state.second.values():
         total.zero_()
     for start in range(0, size, chunk):
