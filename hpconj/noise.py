@@ -35,7 +35,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from hpconj.config import QuadraticTask
 from hpconj.engine.base import EXAMPLE_GRADIENT_FLOATS
-from hpconj.tasks.base import LossOf, Task
+from hpconj.tasks.base import LossOf, Task, example_gradients
 from hpconj.tasks.quadratic import curvatures
 from hpconj.tasks.supervised import SupervisedTask
 
@@ -103,9 +103,7 @@ def _vmap_gradients(task: Task, model: nn.Module, batch: Any, n: int, chunk: int
 def _loop_gradients(task: Task, model: nn.Module, batch: Any, n: int) -> Iterator[list[torch.Tensor]]:
     """The same gradients one example at a time with torch.autograd.grad, for models vmap rejects."""
     params = [p for p in model.parameters() if p.requires_grad]
-    for i in range(n):
-        loss = task.batch_loss(model, _rows(batch, i, i + 1))
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
+    for grads in example_gradients(task, model, _rows(batch, 0, n), params):
         yield [torch.zeros_like(p).unsqueeze(0) if g is None else g.unsqueeze(0) for p, g in zip(params, grads)]
 
 

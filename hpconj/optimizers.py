@@ -37,7 +37,6 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_map
 
 from hpconj.parameterizations import (
     Native,
@@ -47,6 +46,7 @@ from hpconj.parameterizations import (
     NativeRMSprop,
     NativeSGD,
 )
+from hpconj.tasks.base import example_gradients
 
 
 class Stepper(Protocol):
@@ -172,11 +172,10 @@ def example_second_moments(task: Any, model: torch.nn.Module, batch: Any) -> lis
     """q = (1/B)·Σᵢ gᵢ², gᵢ the gradient of example i's loss (a batch of one), one example at a
     time with autograd: slow, and independent of the engines' batched formulas it checks."""
     params = list(model.parameters())
-    size = len(tree_flatten(batch)[0][0])
     sums = [torch.zeros_like(p) for p in params]
-    for i in range(size):
-        example = tree_map(lambda t, i=i: t[i : i + 1], batch)
-        grads = torch.autograd.grad(task.batch_loss(model, example), params, allow_unused=True)
+    size = 0
+    for grads in example_gradients(task, model, batch, params):
+        size += 1
         for total, g in zip(sums, grads):
             if g is not None:
                 total.addcmul_(g, g)

@@ -83,3 +83,15 @@ class LossOf(nn.Module):
 
     def forward(self, batch: Any) -> torch.Tensor:
         return self.task.batch_loss(self.model, batch)
+
+
+def example_gradients(task: Task, model: nn.Module, batch: Any,
+                      params: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor | None, ...]]:
+    """Per example i of `batch` (every leaf sliced to [i:i+1]): the gradient of its own loss, a
+    batch of one, with respect to `params` (None where a parameter is unused), one at a time with
+    autograd — slow, and independent of any batched formula it is used to check."""
+    from torch.utils._pytree import tree_leaves, tree_map
+
+    for i in range(len(tree_leaves(batch)[0])):
+        example = tree_map(lambda t: t[i : i + 1], batch)
+        yield torch.autograd.grad(task.batch_loss(model, example), params, allow_unused=True)
