@@ -27,7 +27,7 @@ import torch
 
 from hpconj.config import TaskSpec
 from hpconj.engine import TrialResult, get_engine
-from hpconj.engine.base import EXAMPLE_GRADIENT_FLOATS
+from hpconj.engine.base import EXAMPLE_GRADIENT_FLOATS, retain_freed_memory
 from hpconj.repro import apply_determinism
 from hpconj.tasks import Task, build_task
 from hpconj.trials import Cohort, Trial
@@ -183,6 +183,7 @@ def _init_worker(threads: int, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     apply_determinism()
+    retain_freed_memory()  # a worker process is hpconj's alone: its heap may stay large
 
 
 def _die_with_parent(parent: int) -> None:

@@ -31,6 +31,7 @@ import torch
 from hpconj.config import TaskSpec
 from hpconj.engine import TrialResult, get_engine
 from hpconj.executor import ExecutorError, Resources, WorkUnit, usable_cores
+from hpconj.engine.base import retain_freed_memory
 from hpconj.repro import apply_determinism
 from hpconj.tasks import Task, build_task
 
@@ -308,6 +309,7 @@ def _prepare_worker(threads: int, paths: list[str]) -> None:
         _PREPARED["threads"] = threads
     if "determinism" not in _PREPARED:
         _PREPARED["determinism"] = apply_determinism()
+        retain_freed_memory()
 
 
 def _task_on_worker(spec: TaskSpec, device: str) -> Task:

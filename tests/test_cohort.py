@@ -23,6 +23,7 @@ from conftest import run_cli
 from hpconj.config import load_config
 from hpconj.engine.cohort import CohortEngine, train_cohort
 from hpconj.engine.reference import train_trial
+from hpconj.engine.updates import stack_order, stacked_update
 from hpconj.tasks import build_task
 from hpconj.trials import Trial, expand_trials
 
@@ -159,6 +160,28 @@ def test_model_that_cannot_be_vmapped_falls_back_to_one_trial_at_a_time(write_co
         assert _key(result) == _key(train_trial(task, trial, CPU))
 
 
+def test_plain_sgd_trials_keep_no_velocity_and_still_match_the_reference(write_config):
+    """β = 0 trials skip the velocity (θ ← θ − η·g); divergences in both groups drop rows from
+    each without disturbing the others."""
+    config = load_config(write_config(sweep={"lr": {"values": [0.05, 0.5, 3.0, 1000.0]}, "batch_size": [8],
+                                             "momentum": [0.0, 0.5, 0.9]}))
+    task = build_task(config.task)
+    trials = _trials(config, batch_size=8)[::-1]  # momentum trials first: the stack reorders them
+    natives = [t.native for t in trials]
+    plain = sum(1 for t in trials if t.momentum == 0)
+    order = stack_order(natives)
+    assert [natives[i].momentum for i in order][:plain] == [0.0] * plain
+    params = {"w": torch.zeros(len(trials), 3)}
+    update = stacked_update([natives[i] for i in order], params)
+    assert update.plain == plain > 0
+    assert update.state["velocity"]["w"].shape == (len(trials) - update.plain, 3)
+    results = _assert_matches_reference(task, trials)
+    diverged = {(t.momentum == 0) for t in trials if results[t.trial_id].status == "diverged"}
+    assert diverged == {True, False}
+    with pytest.raises(ValueError, match="first"):
+        stacked_update(natives, params)  # not in stack order
+
+
 def test_results_do_not_depend_on_cohort_size_composition_or_chunking(write_config):
     config = load_config(write_config(sweep={"lr": {"values": [0.003, 0.01, 0.03, 0.1, 0.3, 1000.0]}}))
     task = build_task(config.task)
@@ -186,6 +209,16 @@ def test_one_nan_trial_leaves_the_others_bit_identical(write_config):
     for trial in good:
         assert _key(with_nan[trial.trial_id]) == _key(without[trial.trial_id])
         assert with_nan[trial.trial_id].curve == without[trial.trial_id].curve
+
+
+def test_a_cohort_whose_trials_all_diverge_at_once_reports_each(write_config):
+    config = load_config(write_config())
+    task = build_task(config.task)
+    bad = [Trial(config.task, "momentum", "standard", float("nan"), 8, beta, seed, config.budget, None)
+           for beta in (0.0, 0.9) for seed in (0, 1)]
+    results = list(train_cohort(task, bad, CPU))  # train_cohort itself: no fallback to hide an error
+    assert sorted(r.trial_id for r in results) == sorted(t.trial_id for t in bad)
+    assert {(r.status, r.steps) for r in results} == {("diverged", 2)}
 
 
 def test_workers_and_engines_give_the_same_trials_csv(write_config, tmp_path):

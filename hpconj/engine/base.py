@@ -5,8 +5,11 @@ fields (DESIGN.md invariant 1). The sweep runner never looks inside an engine.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import math
+import sys
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +63,25 @@ class Engine(Protocol):
 
     def run(self, task: Task, trials: Sequence[Trial], device: torch.device) -> Iterator[TrialResult]:
         """Train `trials` (one cohort: same batch size and budget), yielding each result as it ends."""
+
+
+@functools.cache
+def retain_freed_memory() -> bool:
+    """Ask glibc to keep freed blocks of up to 32 MiB in the heap instead of returning them to
+    the system. A stacked step allocates and frees the same few activation-sized tensors every
+    step; returned to the system, each comes back as fresh pages whose first touch faults
+    (measured: ~700 page faults and ~2.5 ms of a 17 ms step for 64 trials at B = 128). The
+    arithmetic is untouched. Called in worker processes only (both engines' alike), never in a
+    user's own process, whose memory it would keep. Once per process; False where the C library
+    is not glibc (musl has no libc.so.6: OSError)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
 
 
 def failed_result(trial_id: str, exc: BaseException, wall_s: float) -> TrialResult:

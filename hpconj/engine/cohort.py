@@ -41,7 +41,7 @@ from hpconj.engine import base as engine_base
 from hpconj.engine.base import CurvePoint, TrialResult, curve_steps, failed_result, is_diverged, tensors_digest
 from hpconj.engine.reference import train_trial
 from hpconj.engine.stacked import Layer, layer_plan, stacked_logits, stacked_loss_and_grads
-from hpconj.engine.updates import StackedUpdate, stacked_update
+from hpconj.engine.updates import StackedUpdate, stack_order, stacked_update
 from hpconj.tasks import Metrics, Task
 from hpconj.tasks.base import LossOf
 from hpconj.tasks.supervised import SupervisedTask
@@ -132,7 +132,7 @@ class _Live:
     curves: list[list[CurvePoint]]
 
     def keep(self, rows: list[int]) -> None:
-        index = torch.tensor(rows, device=self.state.device)
+        index = torch.tensor(rows, dtype=torch.int64, device=self.state.device)
         self.trials = [self.trials[i] for i in rows]
         self.state = self.state.keep(index)
         self.buffers = {k: v.index_select(0, index) for k, v in self.buffers.items()}
@@ -150,6 +150,7 @@ def train_cohort(task: Task, trials: list[Trial], device: torch.device) -> Itera
 
 def _train_stack(task: Task, trials: list[Trial], device: torch.device) -> Iterator[TrialResult]:
     """Train trials that share task, batch size, budget and update rule as one stack."""
+    trials = [trials[i] for i in stack_order([t.native for t in trials])]
     clock = _Clock(time.perf_counter(), len(trials))
     batch_size = trials[0].batch_size
     steps = task.steps(trials[0].budget, batch_size)
@@ -215,8 +216,14 @@ class _StepBatch:
 
     def stacked(self) -> object:
         """[K, ...] for every leaf: the distinct seeds' batches stacked once, then indexed."""
+        rows = self.stacker.rows
+        first = self.per_seed[0]
+        if type(first) is tuple and all(isinstance(leaf, torch.Tensor) for leaf in first):
+            # (x, y), the supervised batch: without pytree's per-step flattening, which costs
+            # as much as a whole step's GEMMs at small batch sizes
+            return tuple(torch.stack(parts).index_select(0, rows) for parts in zip(*self.per_seed))
         stacked = tree_map(lambda *xs: torch.stack(xs), *self.per_seed)
-        return tree_map(lambda x: x.index_select(0, self.stacker.rows), stacked)
+        return tree_map(lambda x: x.index_select(0, rows), stacked)
 
 
 StepFunction = Callable[[_Stack, dict[str, torch.Tensor], _StepBatch], torch.Tensor]

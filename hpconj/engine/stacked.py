@@ -15,12 +15,13 @@ weights stay bit-identical to torch.optim.SGD on a single model (tested):
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from hpconj.softmax import transposed_agrees, transposed_log_softmax, transposed_log_softmax_backward
 
 aten = torch.ops.aten
 
@@ -55,23 +56,55 @@ def layer_plan(model: nn.Module, prefix: str = "model.") -> list[Layer] | None:
     return layers
 
 
-def _act(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    return {"relu": torch.relu, "tanh": torch.tanh, "gelu": F.gelu}[name]
-
-
-def _act_backward(name: str, grad: torch.Tensor, pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
-    # The formulas autograd uses for each (relu and tanh from the output, gelu from the input).
+def _act_(name: str, z: torch.Tensor) -> torch.Tensor:
+    """The activation of z, in place where the backward needs only the output (relu, tanh): one
+    pass over memory instead of a fresh tensor, which on small layers costs as much as the GEMM."""
     if name == "relu":
-        return aten.threshold_backward(grad, post, 0)
+        return z.relu_()
     if name == "tanh":
-        return aten.tanh_backward(grad, post)
-    return aten.gelu_backward(grad, pre)
+        return z.tanh_()
+    return F.gelu(z)
+
+
+def _act_backward_(name: str, grad: torch.Tensor, pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
+    """∂loss/∂pre from ∂loss/∂post, written over `grad`: the formulas autograd uses for each
+    (relu and tanh from the output, gelu from the input), with their out= forms."""
+    if name == "relu":
+        return aten.threshold_backward.grad_input(grad, post, 0, grad_input=grad)
+    if name == "tanh":
+        return aten.tanh_backward.grad_input(grad, post, grad_input=grad)
+    return aten.gelu_backward.grad_input(grad, pre, grad_input=grad)
 
 
 @functools.lru_cache(maxsize=64)
 def _per_target(batch: int, device: torch.device) -> torch.Tensor:
     """nll_loss's gradient at each target for a batch mean: −1/B, computed in float32 as torch does."""
     return (torch.tensor(-1.0, device=device) / torch.tensor(float(batch), device=device)).reshape(1, 1)
+
+
+def _cross_entropy_and_grad(logits: torch.Tensor, targets: torch.Tensor, k: int, batch: int
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-trial batch-mean cross-entropy [K] of logits [K·B, C], and its gradient [K·B, C].
+
+    log_softmax, nll_loss's gradient (mean: −1/B at each target, B as float32 like its
+    total_weight) and log_softmax's backward, as autograd does for one trial; through the
+    transposed kernels of hpconj/softmax.py where they give the same bits (several times faster
+    with few classes)."""
+    n, classes = logits.shape
+    per_target = _per_target(batch, logits.device)
+    if transposed_agrees(classes, logits.device, logits.dtype):
+        logp_t = transposed_log_softmax(logits)  # [C, N′]
+        picked = logp_t[:, :n].gather(0, targets.view(1, -1))
+        seed_t = torch.zeros_like(logp_t)
+        seed_t[:, :n].scatter_(0, targets.view(1, -1), per_target.expand(1, n))
+        grad = transposed_log_softmax_backward(seed_t, logp_t)[:, :n].t().contiguous()
+    else:
+        logp = torch.log_softmax(logits, 1)
+        picked = logp.gather(1, targets.view(-1, 1))
+        seed = torch.zeros_like(logp)
+        seed.scatter_(1, targets.view(-1, 1), per_target.expand(n, 1))
+        grad = aten._log_softmax_backward_data(seed, logp, 1, torch.float32)
+    return -picked.reshape(k, batch).mean(1), grad
 
 
 def stacked_loss_and_grads(
@@ -84,8 +117,11 @@ def stacked_loss_and_grads(
     loss has gradient B·Gᵢ at the layer's output (G is that of the batch mean), so
     q_W[o, j] = (1/B)·Σᵢ (B·Gᵢ[o]·hᵢ[j])² = B·((G∘G)ᵀ·(h∘h))[o, j] and q_b = B·Σᵢ Gᵢ∘Gᵢ.
 
-    Every product is per trial (bmm): a single wide GEMM over several trials would be faster
-    but its bits can depend on how many trials share it once MKL uses several threads.
+    Every product is per trial (bmm). Trials of one seed share their inputs, so the first
+    layer could be one wide GEMM per seed; measured, it gave the same bits but no speed once the
+    next layer had to read its strided output. The activations are applied in place and the
+    cross-entropy goes through hpconj.softmax's transposed kernels: on small layers these
+    memory-bound passes cost as much as the products, and both give autograd's bits (tested).
     """
     k, batch = x.shape[0], x.shape[1]
     inputs, pres, posts = [], [], []
@@ -97,19 +133,14 @@ def stacked_loss_and_grads(
             z = torch.baddbmm(params[layer.bias].unsqueeze(1), h, weight.transpose(1, 2))
         else:
             z = torch.bmm(h, weight.transpose(1, 2))
-        pres.append(z)
-        h = _act(layer.activation)(z) if layer.activation else z
+        pres.append(z)  # (the same tensor as posts[-1] when the activation ran in place)
+        h = _act_(layer.activation, z) if layer.activation else z
         posts.append(h)
     logits = h
     outputs = logits.shape[-1]
     if classes:
-        logp = torch.log_softmax(logits.reshape(k * batch, outputs), 1)
-        picked = logp.gather(1, y.reshape(-1, 1))
-        losses = -picked.reshape(k, batch).mean(1)
-        # nll_loss backward (mean): −1/B at each target (B as float32, like its total_weight)
-        seed = torch.zeros_like(logp)
-        seed.scatter_(1, y.reshape(-1, 1), _per_target(batch, y.device).expand(k * batch, 1))
-        grad = aten._log_softmax_backward_data(seed, logp, 1, torch.float32).reshape(k, batch, outputs)
+        losses, grad = _cross_entropy_and_grad(logits.reshape(k * batch, outputs), y.reshape(-1), k, batch)
+        grad = grad.view(k, batch, outputs)
     else:
         diff = logits - y
         losses = (diff * diff).mean((1, 2))
@@ -130,14 +161,38 @@ def stacked_loss_and_grads(
             grad = torch.bmm(grad, params[layer.weight])
             below = layers[index - 1]
             if below.activation:
-                grad = _act_backward(below.activation, grad, pres[index - 1], posts[index - 1])
+                grad = _act_backward_(below.activation, grad, pres[index - 1], posts[index - 1])
     return losses
 
 
-def stacked_logits(layers: list[Layer], params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """Outputs [K, N, C] of every trial on the same inputs x [N, d] (forward only)."""
+_LOGIT_ROWS = 256  # inputs per block of the stacked forward pass
+
+
+def stacked_logits(layers: list[Layer], params: dict[str, torch.Tensor], x: torch.Tensor,
+                   rows: int = _LOGIT_ROWS) -> torch.Tensor:
+    """Outputs [K, N, C] of every trial on the same inputs x [N, d] (forward only).
+
+    On the CPU, blocks of `rows` inputs go through all layers one after the other, so that each
+    layer's [K, rows, width] activations stay in cache instead of a whole data set's (tens of MB)
+    streaming through memory. A row's outputs do not depend on how many rows share its product
+    as long as there are enough of them (MKL takes other code paths for a handful of rows), so
+    every block has at least `rows` rows: the last one absorbs the remainder (tested against one
+    product over all rows for every remainder)."""
     k = next(iter(params.values())).shape[0]
-    h = x.unsqueeze(0).expand(k, *x.shape)
+    n = len(x)
+    if x.device.type != "cpu" or n < 2 * rows:  # on a GPU, one launch per layer is what counts
+        return _block_logits(layers, params, x.unsqueeze(0).expand(k, -1, -1))
+    bounds = list(range(0, n - n % rows - rows, rows)) + [n - n % rows - rows, n]
+    out: torch.Tensor | None = None
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        block = _block_logits(layers, params, x[start:stop].unsqueeze(0).expand(k, -1, -1))
+        if out is None:
+            out = block.new_empty(k, n, block.shape[-1])
+        out[:, start:stop] = block
+    return out
+
+
+def _block_logits(layers: list[Layer], params: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
     for layer in layers:
         weight = params[layer.weight]
         if layer.bias is not None:
@@ -145,5 +200,5 @@ def stacked_logits(layers: list[Layer], params: dict[str, torch.Tensor], x: torc
         else:
             h = torch.bmm(h, weight.transpose(1, 2))
         if layer.activation:
-            h = _act(layer.activation)(h)
+            h = _act_(layer.activation, h)
     return h

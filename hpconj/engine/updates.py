@@ -72,23 +72,48 @@ class StackedUpdate:
 class SGDUpdate(StackedUpdate):
     """torch.optim.SGD, dampening 0:  v ← β·v + g;  d = g + β·v (Nesterov) or v;  θ ← θ − η·d.
 
-    A β = 0 trial runs the same recursion: v = 0·v + g = g (and g + 0·v = g for Nesterov)."""
+    Trials with β = 0 take θ ← θ − η·g and keep no velocity: the recursion would give v = 0·v + g
+    = g, the same bits, but at twice the memory traffic, and the update is memory-bound (it is
+    a quarter of a step at small batch sizes). They must come first in the stack (`stack_order`):
+    rows [0, plain) are plain SGD, rows [plain, K) have momentum."""
 
-    state_names = ("velocity",)
+    state_names = ()
+
+    def __init__(self, natives: Sequence[Native], params: Tensors):
+        super().__init__(natives, params)
+        self.state = {"velocity": {n: torch.zeros_like(p[self.plain :]) for n, p in params.items()}}
 
     def settings(self) -> dict[str, list[float]]:
         self.nesterov = any(n.nesterov for n in self.natives)
-        return {"beta": [n.momentum for n in self.natives], "neg_lr": [-n.lr for n in self.natives]}
+        self.plain = sum(1 for n in self.natives if n.momentum == 0)
+        if any(n.momentum == 0 for n in self.natives[self.plain :]):
+            raise ValueError("SGD stacks must order the β = 0 trials first (stack_order)")
+        moving = self.natives[self.plain :]
+        return {"beta": [n.momentum for n in moving], "neg_lr_plain": [-n.lr for n in self.natives[: self.plain]],
+                "neg_lr": [-n.lr for n in moving]}
 
     def step(self, params: Tensors, grads: Tensors, second: Tensors | None) -> None:
         self.t += 1
-        nesterov = self.nesterov
+        nesterov, plain = self.nesterov, self.plain
         for name, param in params.items():
-            beta = self.column("beta", name, param)
-            grad, velocity = grads[name], self.state["velocity"][name]
-            velocity.mul_(beta).add_(grad)
-            direction = grad.addcmul(velocity, beta) if nesterov else velocity
-            param.addcmul_(direction, self.column("neg_lr", name, param))
+            grad = grads[name]
+            if plain:
+                param[:plain].addcmul_(grad[:plain], self.column("neg_lr_plain", name, param))
+            if plain < len(self.natives):
+                beta = self.column("beta", name, param)
+                moving, velocity = grad[plain:], self.state["velocity"][name]
+                velocity.mul_(beta).add_(moving)
+                direction = moving.addcmul(velocity, beta) if nesterov else velocity
+                param[plain:].addcmul_(direction, self.column("neg_lr", name, param))
+
+    def keep(self, rows: torch.Tensor) -> StackedUpdate:
+        kept = object.__new__(SGDUpdate)
+        kept.natives = [self.natives[i] for i in rows.tolist()]
+        kept.per_example, kept.t = self.per_example, self.t
+        kept._values, kept._columns = kept.settings(), {}  # rows stay ascending: β = 0 still first
+        moving = rows[rows >= self.plain] - self.plain
+        kept.state = {"velocity": {n: v.index_select(0, moving) for n, v in self.state["velocity"].items()}}
+        return kept
 
 
 class AdamUpdate(StackedUpdate):
@@ -202,6 +227,12 @@ UPDATES: dict[type, type[StackedUpdate]] = {
     NativeSGD: SGDUpdate, NativeAdam: AdamUpdate, NativeRMSprop: RMSpropUpdate, NativeAdagrad: AdagradUpdate,
     NativeMcAllester: McAllesterUpdate,
 }
+
+
+def stack_order(natives: Sequence[Native]) -> list[int]:
+    """The order in which a stack holds its trials: SGD's β = 0 trials first (see SGDUpdate);
+    otherwise as given."""
+    return sorted(range(len(natives)), key=lambda i: isinstance(natives[i], NativeSGD) and natives[i].momentum != 0)
 
 
 def stacked_update(natives: Sequence[Native], params: Tensors) -> StackedUpdate:

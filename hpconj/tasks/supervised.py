@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpconj.config import Budget, DeepLinearTask, MlpTask, UserModelTask, resolve_callable
+from hpconj.softmax import log_softmax_rows
 from hpconj.tasks.base import Metrics, TaskError, order_generator, seeded_init
 from hpconj.tasks.data import Dataset
 
@@ -125,10 +126,17 @@ class SupervisedTask:
         for start in range(0, len(x), _EVAL_CHUNK):
             out = outputs(x[start : start + _EVAL_CHUNK])
             tgt = y[start : start + _EVAL_CHUNK]
-            for k in range(trials):
-                totals[k] += float(self.loss_of(out[k], tgt)) * len(tgt)
-                if self.data.classes:
-                    wrong[k] += int((out[k].argmax(dim=1) != tgt).sum())
+            if self.data.classes:
+                # cross_entropy is nll_loss of log_softmax: the latter for all trials at once
+                logp = log_softmax_rows(out.reshape(-1, out.shape[-1])).view(out.shape)
+                for k in range(trials):
+                    totals[k] += float(F.nll_loss(logp[k], tgt)) * len(tgt)
+            else:
+                for k in range(trials):
+                    totals[k] += float(self.loss_of(out[k], tgt)) * len(tgt)
+            if self.data.classes:  # integer counts: one call for all trials gives the same numbers
+                for k, count in enumerate((out.argmax(dim=2) != tgt).sum(1).tolist()):
+                    wrong[k] += count
         return [(totals[k] / len(x), wrong[k] / len(x) if self.data.classes else math.nan) for k in range(trials)]
 
     def reference_loss(self, model: nn.Module) -> float:
