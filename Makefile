@@ -26,6 +26,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/engine.py
+	$(BIN)/python benchmarks/gemm_ceiling.py
 
 clean:
 	rm -rf $(VENV) results/quickstart
