@@ -79,9 +79,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=usable_cores())
     parser.add_argument("--repeat", type=int, default=3, help="runs per engine and batch size; the fastest counts")
+    parser.add_argument("--width", type=int, default=64, help="hidden width of the MLP (64: the quickstart's)")
     args = parser.parse_args()
-    if args.repeat < 1 or args.workers < 1:
-        parser.error("--repeat and --workers must be at least 1")
+    if args.repeat < 1 or args.workers < 1 or args.width < 1:
+        parser.error("--repeat, --workers and --width must be at least 1")
     import tempfile
     from pathlib import Path
 
@@ -89,7 +90,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.yaml"
-        path.write_text(yaml.safe_dump(CONFIG))
+        path.write_text(yaml.safe_dump({**CONFIG, "task": {**CONFIG["task"], "width": args.width}}))
         config = load_config(path)
     task = build_task(config.task)
     cores = usable_cores()

@@ -1,10 +1,11 @@
 """Reproducibility: determinism settings, file hashes, integrity checks, and re-running trials.
 
 Policy for `hpconj check` tolerances: when this environment matches the one in manifest.json
-(hpconj and torch versions, platform, device type, threads per worker) every re-run value must
-be *bit-equal* to the stored one (final weights' sha256 included). Otherwise the default is
-rtol 1e-4 (atol 1e-12), weight digests are not compared, and each difference of environment is
-printed as a warning. --rtol / --atol override either default.
+(hpconj and torch versions, OS/architecture/C library, torch's CPU vector capability, device
+type, threads per worker) every re-run value must be *bit-equal* to the stored one (final
+weights' sha256 included). Otherwise the default is rtol 1e-4 (atol 1e-12), weight digests are
+not compared, and each difference of environment is printed as a warning. --rtol / --atol
+override either default.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import json
 import math
 import os
 import platform
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,14 +110,28 @@ def integrity_problems(folder: Path) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- environment
+def system_family(platform_string: str) -> str:
+    """A platform string without its kernel release: 'Linux-6.18.44-fc-v669-x86_64-with-glibc2.36'
+    → 'Linux x86_64 glibc2.36'. The same OS, architecture and C library with the same torch
+    compute the same floats whatever the kernel build; strings of another shape stay whole."""
+    match = re.fullmatch(r"([^-]+)-.+-([^-]+)-with-(.+)", platform_string)
+    return " ".join(match.groups()) if match else platform_string
+
+
 def environment(threads: int, device: torch.device) -> dict[str, Any]:
-    return {"hpconj": hpconj.__version__, "torch": torch.__version__, "platform": platform.platform(),
-            "device_type": device.type, "threads_per_worker": threads}
+    return {"hpconj": hpconj.__version__, "torch": torch.__version__, "platform": system_family(platform.platform()),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "device_type": device.type,
+            "threads_per_worker": threads}
 
 
 def environment_differences(manifest: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between the recorded environment and this one, among what decides the bits:
+    versions, OS/architecture/C library, the vector instructions torch's CPU kernels use (AVX2 and
+    AVX-512 sum in other orders), device type and threads. A value a manifest lacks differs."""
     recorded = {
-        "hpconj": manifest.get("hpconj"), "torch": manifest.get("torch"), "platform": manifest.get("platform"),
+        "hpconj": manifest.get("hpconj"), "torch": manifest.get("torch"),
+        "platform": system_family(str(manifest.get("platform"))),
+        "cpu_capability": manifest.get("cpu_capability"),
         "device_type": str(manifest.get("device", "cpu")).split(":")[0],
         "threads_per_worker": manifest.get("threads_per_worker"),
     }

@@ -21,6 +21,7 @@ import torch
 
 from conftest import run_cli
 from hpconj.config import load_config
+from hpconj.engine import stacked
 from hpconj.engine.cohort import CohortEngine, train_cohort
 from hpconj.engine.reference import train_trial
 from hpconj.engine.updates import stack_order, stacked_update
@@ -182,7 +183,7 @@ def test_plain_sgd_trials_keep_no_velocity_and_still_match_the_reference(write_c
         stacked_update(natives, params)  # not in stack order
 
 
-def test_results_do_not_depend_on_cohort_size_composition_or_chunking(write_config):
+def test_results_do_not_depend_on_cohort_size_composition_or_chunking(write_config, monkeypatch):
     config = load_config(write_config(sweep={"lr": {"values": [0.003, 0.01, 0.03, 0.1, 0.3, 1000.0]}}))
     task = build_task(config.task)
     trials = _trials(config, batch_size=8)
@@ -190,7 +191,10 @@ def test_results_do_not_depend_on_cohort_size_composition_or_chunking(write_conf
     chunked = {r.trial_id: r for r in CohortEngine(chunk_size=5).run(task, trials, CPU)}
     alone = {r.trial_id: r for t in trials[::7] for r in CohortEngine().run(task, [t], CPU)}
     reversed_ = {r.trial_id: r for r in CohortEngine().run(task, trials[::-1], CPU)}
-    for other in (chunked, alone, reversed_):
+    monkeypatch.setattr(stacked, "_SUB_STACK_BYTES", 3 * 4 * 8 * 16)  # B = 8, width 16: 3 trials a sub-stack
+    assert stacked.sub_stacks(len(trials), 8, 16, CPU)[0] == slice(0, 3)
+    sub_stacked = {r.trial_id: r for r in CohortEngine().run(task, trials, CPU)}
+    for other in (chunked, alone, reversed_, sub_stacked):
         for trial_id, result in other.items():
             assert _key(result) == _key(whole[trial_id])
             assert result.curve == whole[trial_id].curve

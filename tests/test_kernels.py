@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpconj.engine.stacked import _cross_entropy_and_grad, layer_plan, stacked_logits, stacked_loss_and_grads
+from hpconj.engine import stacked
+from hpconj.engine.stacked import (_cross_entropy_and_grad, layer_plan, stacked_logits, stacked_loss_and_grads,
+                                   sub_stacks)
 from hpconj.softmax import log_softmax_rows, transposed_agrees
 
 CPU = torch.device("cpu")
@@ -112,3 +114,43 @@ def test_in_place_activations_give_autograds_gradients(activation):
         assert losses[k].item() == pytest.approx(loss.item(), rel=1e-6)  # the batch mean: see above
         for name, value in zip(names, expected):
             assert torch.equal(grads[name][k], value), name
+
+
+def test_sub_stacks_cover_the_stack_in_order_within_the_budget(monkeypatch):
+    monkeypatch.setattr(stacked, "_SUB_STACK_BYTES", 3 * 4 * 10 * 16)  # three trials of [10, 16] floats
+    assert sub_stacks(8, 10, 16, CPU) == [slice(0, 3), slice(3, 6), slice(6, 8)]
+    assert sub_stacks(2, 10, 16, CPU) == [slice(0, 2)]
+    assert sub_stacks(3, 1000, 16, CPU) == [slice(0, 1), slice(1, 2), slice(2, 3)]  # at least one trial each
+    assert sub_stacks(8, 10, 16, torch.device("cuda")) == [slice(0, 8)]  # one launch per layer on a GPU
+
+
+@pytest.mark.parametrize("classes", [5, 0])
+def test_sub_stacks_give_the_whole_stacks_bits(monkeypatch, classes):
+    """Losses, gradients and q of a stack computed two trials at a time equal the whole stack's."""
+    _, layers, params = _stacked_mlps((12, 16, 16, 5), nn.ReLU, 5)
+    x = torch.randn(5, 40, 12)
+    y = torch.randint(5, (5, 40)) if classes else torch.randn(5, 40, 5)
+
+    def step() -> list:
+        grads = {n: torch.empty_like(p) for n, p in params.items()}
+        second = {n: torch.empty_like(p) for n, p in params.items()}
+        return [stacked_loss_and_grads(layers, params, x, y, classes, out=grads, second=second), grads, second]
+
+    whole = step()
+    monkeypatch.setattr(stacked, "_SUB_STACK_BYTES", 2 * 4 * 40 * 16)
+    assert len(sub_stacks(5, 40, 16, CPU)) == 3
+    split = step()
+    assert torch.equal(split[0], whole[0])
+    for got, expected in zip(split[1:], whole[1:]):
+        for name in params:
+            assert torch.equal(got[name], expected[name]), name
+
+
+def test_stacked_forward_in_sub_stacks_equals_each_models_own_forward(monkeypatch):
+    models, layers, params = _stacked_mlps((12, 16, 16, 5), nn.ReLU, 5)
+    x = torch.randn(1000, 12)
+    with torch.no_grad():
+        expected = torch.stack([m(x) for m in models])
+    monkeypatch.setattr(stacked, "_SUB_STACK_BYTES", 2 * 4 * 512 * 16)  # blocks of two trials
+    assert len(sub_stacks(5, 512, 16, CPU)) == 3
+    assert torch.equal(stacked_logits(layers, params, x, rows=256), expected)

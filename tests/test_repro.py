@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from conftest import ROOT, run_cli
-from hpconj.repro import CheckReport, compare_ids, load_stored
+from hpconj.repro import CheckReport, compare_ids, environment, environment_differences, load_stored, system_family
 
 COMMITTED = ["quickstart", "nqm_batch", "mlp_momentum", "adam_batch", "mcallester"]
 
@@ -128,6 +129,23 @@ def test_committed_adaptive_results_reproduce_on_a_sample():
         proc = run_cli("check", str(ROOT / "results" / "reference" / name), "--trials", share)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "reproduces" in proc.stdout and "bit-equal" in proc.stdout
+
+
+def test_only_what_decides_the_bits_makes_environments_differ():
+    """A kernel update keeps bit-equality; another architecture, C library or vector width does not."""
+    assert system_family("Linux-6.18.44-fc-v669-x86_64-with-glibc2.36") == "Linux x86_64 glibc2.36"
+    assert system_family("Linux-6.1.0-13-amd64-x86_64-with-glibc2.36") == "Linux x86_64 glibc2.36"
+    assert system_family("macOS-14.2-arm64-arm-64bit") == "macOS-14.2-arm64-arm-64bit"  # kept whole
+    current = {**environment(1, torch.device("cpu")), "platform": "Linux x86_64 glibc2.36", "cpu_capability": "AVX512"}
+    recorded = {"hpconj": current["hpconj"], "torch": current["torch"], "device": "cpu", "threads_per_worker": 1,
+                "platform": "Linux-6.18.44-fc-v669-x86_64-with-glibc2.36", "cpu_capability": "AVX512"}
+    assert environment_differences(recorded, current) == []
+    assert environment_differences({**recorded, "platform": "Linux-6.18.44-fc-v769-x86_64-with-glibc2.36"}, current) == []
+    for change in ({"platform": "Linux-6.18.44-fc-v669-aarch64-with-glibc2.36"},
+                   {"platform": "Linux-6.18.44-fc-v669-x86_64-with-glibc2.31"}, {"cpu_capability": "AVX2"},
+                   {"cpu_capability": None}, {"threads_per_worker": 2}):
+        (difference,) = environment_differences({**recorded, **change}, current)
+        assert difference.startswith(next(iter(change)))
 
 
 def test_folder_rerun_with_a_smaller_grid_still_checks(copy, tmp_path):

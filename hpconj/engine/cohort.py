@@ -21,7 +21,10 @@ Batch losses are kept per curve window and summed in float64 in step order when 
 is recorded, exactly as the reference engine sums them; the first non-finite loss of a trial
 marks it diverged at that step. A trial that diverges is dropped from the stack at that point;
 the others go on unchanged. Cohorts larger than `chunk_size` trials are trained in chunks, so
-memory is bounded by chunk_size × (3 copies of the parameters + one batch of activations).
+memory is bounded by chunk_size × (3 copies of the parameters + one batch of inputs) plus the
+activations of one sub-stack of the chunk: on the CPU the built-in networks' steps run a few
+trials at a time, about 4 MiB of activations a layer (`stacked.sub_stacks`); on a GPU, and for
+other models, the whole chunk's.
 """
 from __future__ import annotations
 
