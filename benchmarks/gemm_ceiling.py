@@ -7,9 +7,9 @@ Runs, in one thread, exactly the batched products of one stacked training step o
 batch B), in the step's order, on buffers of the step's sizes and in the engine's sub-stacks,
 but without any of its elementwise work (bias, activation, loss, optimizer update): forward
 z_l = b_l + h·W_lᵀ for each layer, then ∂W_l = Gᵀ·h and G·W_l going down. Prints their GFLOP/s
-and the share of a float32 matmul peak measured in the same run. Whatever the step does besides these products only adds time, so this share bounds
-the share of peak the whole step (and a fortiori the whole sweep, evaluation and bookkeeping
-included) can reach with these kernels.
+and the share of a float32 matmul peak measured in the same run. Whatever the step does besides
+these products only adds time, so this share bounds the share of peak the whole step (and a
+fortiori the whole sweep, evaluation and bookkeeping included) can reach with these kernels.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import torch
 
 from engine import matmul_peak
 from hpconj.engine.stacked import sub_stacks
+
 
 def step_products(k: int, batch: int, width: int = 64) -> tuple[Callable[[], None], float]:
     """The step's products as one callable, and their FLOPs (MLP 64-width-width-10)."""

@@ -230,9 +230,9 @@ def stacked_logits(layers: list[Layer], params: dict[str, torch.Tensor], x: torc
     bounds = list(range(0, n - n % rows - rows, rows)) + [n - n % rows - rows, n]
     out: torch.Tensor | None = None
     for part in sub_stacks(k, 2 * rows, _widest(layers, params, x.shape[-1]), x.device):
-        trials = _rows(params, part)
+        trials, count = _rows(params, part), part.stop - part.start
         for start, stop in zip(bounds[:-1], bounds[1:]):
-            block = _block_logits(layers, trials, x[start:stop].unsqueeze(0).expand(part.stop - part.start, -1, -1))
+            block = _block_logits(layers, trials, x[start:stop].unsqueeze(0).expand(count, -1, -1))
             if out is None:
                 out = block.new_empty(k, n, block.shape[-1])
             out[part, start:stop] = block
