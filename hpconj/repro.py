@@ -1,14 +1,15 @@
 """Reproducibility: determinism settings, file hashes, integrity checks, and re-running trials.
 
 Policy for `hpconj check` tolerances: when this environment matches the one in manifest.json
-(hpconj and torch versions, OS/architecture/C library, torch's CPU vector capability, device
-type, threads per worker) every re-run value must be *bit-equal* to the stored one (final
-weights' sha256 included). Otherwise the default is rtol 1e-4 (atol 1e-12), weight digests are
-not compared, and each difference of environment is printed as a warning. --rtol / --atol
-override either default.
+(hpconj and torch versions, OS/architecture/C library, torch's CPU vector capability, the
+arithmetic fingerprint, device type, threads per worker) every re-run value must be *bit-equal*
+to the stored one (final weights' sha256 included). Otherwise the default is rtol 1e-4 (atol
+1e-12), weight digests are not compared, and each difference of environment is printed as a
+warning. --rtol / --atol override either default.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -118,20 +119,59 @@ def system_family(platform_string: str) -> str:
     return " ".join(match.groups()) if match else platform_string
 
 
+@functools.cache
+def arithmetic_fingerprint(device_type: str) -> str:
+    """The bits of a fixed set of float32 computations on this device, one thread, hashed (16 hex
+    digits): matrix products at the engines' shapes (mm, addmm, bmm, baddbmm: MKL and cuBLAS pick
+    their kernels by processor model, not only by instruction set), log-softmax and its backward,
+    reductions, exp/tanh/gelu over lengths with a vector tail. Machines that differ here may give
+    a re-run other bits; machines that agree computed all of these the same way."""
+    device = torch.device(device_type)
+    apply_determinism(device)  # the settings every run and re-run computes under
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen).to(device)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        outputs = []
+        for m, k, n in ((8, 64, 64), (128, 64, 10), (512, 784, 128), (3, 20, 1), (37, 300, 300)):
+            a, b, bias = rand(3, m, k), rand(3, n, k), rand(3, 1, n)
+            outputs += [torch.addmm(bias[0, 0], a[0], b[0].t()), torch.mm(a[0], b[0].t()), torch.mm(b[0], a[0].t()),
+                        torch.bmm(a, b.transpose(1, 2)), torch.baddbmm(bias, a, b.transpose(1, 2)),
+                        torch.bmm(a.transpose(1, 2), a)]
+        logits = rand(1000, 10) * 10
+        logp = torch.log_softmax(logits, 1)
+        outputs += [logp, torch.log_softmax(rand(100, 40) * 10, 1),
+                    torch.ops.aten._log_softmax_backward_data(rand(1000, 10), logp, 1, torch.float32)]
+        values = rand(37, 129)
+        outputs += [values.exp(), values.tanh(), torch.nn.functional.gelu(values), values.sum(0), values.sum(1),
+                    values.mean(1), (values * values).sum()]
+        digest = hashlib.sha256()
+        for out in outputs:
+            digest.update(out.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+    finally:
+        torch.set_num_threads(threads)
+
+
 def environment(threads: int, device: torch.device) -> dict[str, Any]:
     return {"hpconj": hpconj.__version__, "torch": torch.__version__, "platform": system_family(platform.platform()),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "device_type": device.type,
-            "threads_per_worker": threads}
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "arithmetic": arithmetic_fingerprint(device.type), "device_type": device.type, "threads_per_worker": threads}
 
 
 def environment_differences(manifest: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """What differs between the recorded environment and this one, among what decides the bits:
     versions, OS/architecture/C library, the vector instructions torch's CPU kernels use (AVX2 and
-    AVX-512 sum in other orders), device type and threads. A value a manifest lacks differs."""
+    AVX-512 sum in other orders), the arithmetic fingerprint (which also sees the BLAS kernels
+    the processor model gets), device type and threads. A value a manifest lacks differs."""
     recorded = {
         "hpconj": manifest.get("hpconj"), "torch": manifest.get("torch"),
         "platform": system_family(str(manifest.get("platform"))),
-        "cpu_capability": manifest.get("cpu_capability"),
+        "cpu_capability": manifest.get("cpu_capability"), "arithmetic": manifest.get("arithmetic"),
         "device_type": str(manifest.get("device", "cpu")).split(":")[0],
         "threads_per_worker": manifest.get("threads_per_worker"),
     }

@@ -32,7 +32,7 @@ from hpconj.config import Config
 from hpconj.engine import TrialResult
 from hpconj.executor import LocalExecutor, split_units
 from hpconj.noise import measure_noise_scale, noise_examples
-from hpconj.repro import apply_determinism, record_hashes
+from hpconj.repro import apply_determinism, arithmetic_fingerprint, record_hashes
 from hpconj.store import NOISE_FILE, STORE_NAME, Store, StoreError, export_csv, export_noise_csv, write_atomic
 from hpconj.tasks import Task, TaskError, build_task
 from hpconj.trials import Cohort, Trial, expand_trials, group_cohorts
@@ -296,6 +296,7 @@ def write_manifest(
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "arithmetic": arithmetic_fingerprint(device.type),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "engine": executor.engine_name,

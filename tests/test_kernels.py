@@ -122,6 +122,7 @@ def test_sub_stacks_cover_the_stack_in_order_within_the_budget(monkeypatch):
     assert sub_stacks(2, 10, 16, CPU) == [slice(0, 2)]
     assert sub_stacks(3, 1000, 16, CPU) == [slice(0, 1), slice(1, 2), slice(2, 3)]  # at least one trial each
     assert sub_stacks(8, 10, 16, torch.device("cuda")) == [slice(0, 8)]  # one launch per layer on a GPU
+    assert sub_stacks(0, 10, 16, CPU) == [slice(0, 0)]  # an empty stack is one empty part
 
 
 @pytest.mark.parametrize("classes", [5, 0])

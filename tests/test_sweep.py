@@ -47,8 +47,8 @@ def test_sweep_writes_every_result_file(write_config, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete"
     assert manifest["trials"]["planned"] == 48 and manifest["trials"]["ok"] + manifest["trials"]["diverged"] == 48
-    for key in ("hpconj", "torch", "python", "platform", "cpu_capability", "device", "git", "config_hash", "started",
-                "ended"):
+    for key in ("hpconj", "torch", "python", "platform", "cpu_capability", "arithmetic", "device", "git", "config_hash",
+                "started", "ended"):
         assert key in manifest
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["seeds"] == [0, 1] and resolved["sweep"]["batch_size"] == [8, 32]

@@ -114,14 +114,17 @@ def sub_stacks(trials: int, rows: int, width: int, device: torch.device) -> list
     """Consecutive ranges of a stack's trials, each small enough that one layer's activations
     [trials, rows, width] (float32) fit in _SUB_STACK_BYTES; the whole stack on a GPU.
 
-    Every product and reduction is per trial, so a trial's bits do not depend on which of its
-    stack's trials it is computed with (tested). Measured on one thread, whole stacks whose
+    Every product and reduction is per trial, so with one thread per worker (hpconj's default on
+    the CPU) a trial's bits do not depend on which of its stack's trials it is computed with
+    (tested). Measured on one thread, whole stacks whose
     layers outgrow the caches run well below the kernels' speed (a unit of 64 trials, B = 512,
     width 256: 88 GFLOP/s, against 114–123 in sub-stacks of 1–8 MiB); below the budget,
     splitting only adds kernel calls."""
     if device.type != "cpu":
-        return [slice(0, trials)]
+        return [slice(0, trials)]  # one launch per layer is what counts on a GPU
     size = max(1, _SUB_STACK_BYTES // (4 * rows * width))
+    if trials <= size:
+        return [slice(0, trials)]
     return [slice(start, min(trials, start + size)) for start in range(0, trials, size)]
 
 
