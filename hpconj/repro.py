@@ -29,6 +29,7 @@ import yaml
 import hpconj
 from hpconj.analysis import best_grid_lr, optima, shifts
 from hpconj.config import Config, config_from_dict
+from hpconj.engine.base import tensors_digest
 from hpconj.store import TRIAL_COLUMNS, trials_table, write_atomic
 from hpconj.trials import Trial, expand_trials
 
@@ -149,10 +150,7 @@ def arithmetic_fingerprint(device_type: str) -> str:
         values = rand(37, 129)
         outputs += [values.exp(), values.tanh(), torch.nn.functional.gelu(values), values.sum(0), values.sum(1),
                     values.mean(1), (values * values).sum()]
-        digest = hashlib.sha256()
-        for out in outputs:
-            digest.update(out.detach().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()[:16]
+        return tensors_digest({f"{i:03d}": out for i, out in enumerate(outputs)})
     finally:
         torch.set_num_threads(threads)
 
