@@ -73,8 +73,8 @@ class SGDUpdate(StackedUpdate):
     """torch.optim.SGD, dampening 0:  v ← β·v + g;  d = g + β·v (Nesterov) or v;  θ ← θ − η·d.
 
     Trials with β = 0 take θ ← θ − η·g and keep no velocity: the recursion would give v = 0·v + g
-    = g, the same bits, but at twice the memory traffic, and the update is memory-bound (it is
-    a fifth of a unit's time at small batch sizes). They must come first in the stack (`stack_order`):
+    = g, the same bits, but at twice the memory traffic, and the update is memory-bound (a fifth
+    of a unit's time at small batch sizes). They must come first in the stack (`stack_order`):
     rows [0, plain) are plain SGD, rows [plain, K) have momentum."""
 
     state_names = ()
