@@ -77,7 +77,11 @@ def test_sweep_killed_with_sigkill_resumes_to_the_same_table(write_config, tmp_p
     assert run_cli("sweep", str(config), "--out", str(whole), "--quiet").returncode == 0
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "hpconj", "sweep", str(config), "--out", str(killed), "--quiet"],
+    # one trial per stack in one worker: results arrive one at a time, so that the kill lands
+    # mid-sweep however fast the machine (whole cohorts can all finish between two polls);
+    # the resumed run below stacks them again, which must not change the table either
+    proc = subprocess.Popen([sys.executable, "-m", "hpconj", "sweep", str(config), "--out", str(killed), "--quiet",
+                             "--chunk-size", "1", "--workers", "1"],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     store, recorded, deadline = killed / "store.sqlite", 0, time.time() + 120
     while recorded < 15 and time.time() < deadline and proc.poll() is None:
