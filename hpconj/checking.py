@@ -10,12 +10,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from hpconj.executor import LocalExecutor, Resources, split_units
+from hpconj.folder import refuse_if_busy
 from hpconj.repro import (
-    LOOSE_ATOL,
-    LOOSE_RTOL,
     CheckError,
     CheckReport,
     compare_analysis,
+    compare_conclusions,
     compare_ids,
     compare_results,
     environment,
@@ -35,18 +35,20 @@ def run_check(folder: Path, *, integrity_only: bool, sample: str, rtol: float | 
               workers: int | None, chunk_size: int, console: Console) -> CheckReport:
     parse_sample(sample)  # a bad --trials is reported before anything else
     manifest = read_manifest(folder)
+    refuse_if_busy(folder)
     report = CheckReport()
     for problem in integrity_problems(folder):
         path, _, what = problem.partition(": ")
         report.add(path, "file", "as recorded in manifest.json", what)
     if integrity_only:
-        _print(console, report, f"integrity of {len(manifest.get('files', {}))} files", folder)
+        _print(console, report, f"integrity of {len(manifest.get('files', {}))} files", folder, verdict="intact")
         return report
     config, stored, stored_curves = load_stored(folder)
     planned = compare_ids(config, stored, report, folder)
     chosen = [planned[i] for i in select_trials(stored, sample) if i in planned]
     if not chosen:
-        _print(console, report, "no stored trial matches the stored config: nothing to re-run", folder)
+        _print(console, report, "no stored trial matches the stored config: nothing to re-run", folder,
+               verdict="nothing re-run")
         return report
     task = load_task(config)
     try:
@@ -61,25 +63,27 @@ def run_check(folder: Path, *, integrity_only: bool, sample: str, rtol: float | 
     differences = environment_differences(manifest, current)
     report.exact = not differences
     report.warnings += [f"environment differs from the manifest: {d}" for d in differences]
-    if rtol is None:
-        rtol = 0.0 if report.exact else LOOSE_RTOL
-    if atol is None:
-        atol = 0.0 if report.exact else LOOSE_ATOL
+    per_value = report.exact or rtol is not None or atol is not None
+    rtol, atol = rtol or 0.0, atol or 0.0
     engine = str(manifest.get("engine", "cohort"))
     units = split_units(group_cohorts(chosen), {t.trial_id for t in chosen}, chunk_size, resources.workers)
     with LocalExecutor(engine, resources, chunk_size) as executor:
         results = list(executor.run(task.to(device), config.task, units, device))
     rerun, rerun_curves = results_frame(chosen, results, config.metric.name)
     report.rerun = len(rerun)
-    compare_results(stored, rerun, stored_curves, rerun_curves, report, rtol, atol, folder)
+    if per_value:
+        compare_results(stored, rerun, stored_curves, rerun_curves, report, rtol, atol, folder)
+    else:
+        compare_conclusions(stored, rerun, stored_curves, rerun_curves, report)
     merged = pd.concat([stored[~stored["trial_id"].isin(rerun["trial_id"])], rerun[stored.columns]])
-    compare_analysis(folder, stored, merged, report, rtol, atol)
-    tolerance = "bit-equal" if rtol == 0 and atol == 0 else f"rtol {rtol:g}, atol {atol:g}"
+    compare_analysis(folder, stored, merged, report, exact=per_value and rtol == 0 and atol == 0)
+    tolerance = ("bit-equal" if per_value and rtol == 0 and atol == 0 else f"rtol {rtol:g}, atol {atol:g}" if per_value
+                 else "same conclusions: the environment differs")
     _print(console, report, f"{report.rerun} of {len(stored)} trials re-run ({engine} engine, {tolerance})", folder)
     return report
 
 
-def _print(console: Console, report: CheckReport, what: str, folder: Path) -> None:
+def _print(console: Console, report: CheckReport, what: str, folder: Path, verdict: str = "reproduces") -> None:
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     if report.differences:
@@ -91,9 +95,10 @@ def _print(console: Console, report: CheckReport, what: str, folder: Path) -> No
         console.print(table)
         more = f" ({len(report.differences) - 200} more not shown)" if len(report.differences) > 200 else ""
         where, name, stored, now, _ = report.differences[0]
-        console.print(f"[red]does not reproduce:[/red] {folder}: {len(report.differences)} difference(s){more}; {what}",
+        failed = "damaged" if verdict == "intact" else "does not reproduce"
+        console.print(f"[red]{failed}:[/red] {folder}: {len(report.differences)} difference(s){more}; {what}",
                       highlight=False, soft_wrap=True)
         console.print(f"first: {escape(where)} {escape(name)}: {escape(stored)} → {escape(now)}", highlight=False,
                       soft_wrap=True)
     else:
-        console.print(f"[green]reproduces:[/green] {folder}: {what}", highlight=False, soft_wrap=True)
+        console.print(f"[green]{verdict}:[/green] {folder}: {what}", highlight=False, soft_wrap=True)

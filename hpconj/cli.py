@@ -84,10 +84,11 @@ def _sweep_error() -> type[Exception]:
 
 
 def _report_error() -> tuple[type[Exception], ...]:
+    from hpconj.folder import FolderError
     from hpconj.report import ReportError
     from hpconj.repro import CheckError
 
-    return (ReportError, CheckError)
+    return (ReportError, CheckError, FolderError)
 
 
 @app.callback()
@@ -116,6 +117,8 @@ def sweep(
     address: Optional[str] = typer.Option(
         None, "--address", help="With --executor ray: a running Ray cluster, host:port as `ray start --head` prints it "
                                 "(default: $RAY_ADDRESS, else start a local Ray instance)."),
+    yes: bool = typer.Option(False, "--yes", help="Run a sweep above the size limit (more than 1,000,000 trials, "
+                                                    "or about a week of plain-loop time; see hpconj validate)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     debug: bool = DebugOpt,
 ) -> None:
@@ -138,7 +141,7 @@ def sweep(
     folder = out_dir if out_dir is not None else Path("results") / config.name
     torch_device = sweeping.resolve_device(config.device)
     task = sweeping.load_task(config)
-    plan = sweeping.plan_sweep(config, task)
+    plan = sweeping.plan_sweep(config, task, yes=yes)  # a sweep above the limit stops here, unexpanded
     try:
         executor = make_executor(
             kind, engine, task=task, device=torch_device, batch_sizes=config.sweep.batch_size, chunk_size=chunk_size,
@@ -176,12 +179,18 @@ def _with_device(config: Any, device: str) -> Any:
 @app.command()
 @reports_errors
 def validate(config_path: Path = ConfigArg, debug: bool = DebugOpt) -> None:
-    """Check a config and show the trials and cohorts it expands to, without training."""
+    """Check a config and show the trials and cohorts it expands to, and what they will cost, without training."""
     from hpconj import sweep as sweeping
+    from hpconj.cost import estimate_cost
+    from hpconj.sweep import SweepTooLarge
 
     config = load_config(config_path)
     task = sweeping.load_task(config)
-    plan = sweeping.plan_sweep(config, task)
+    try:
+        plan = sweeping.plan_sweep(config, task)
+        cost = estimate_cost(config, task, plan.steps)
+    except SweepTooLarge as exc:  # too large to expand here: what follows is arithmetic on the config
+        plan, cost = None, exc.cost
     lrs = config.lrs
     out.print(f"[green]ok[/green] {config_path}: {config.name}", highlight=False)
     out.print(f"  task        {task.description}", highlight=False)
@@ -190,11 +199,15 @@ def validate(config_path: Path = ConfigArg, debug: bool = DebugOpt) -> None:
     out.print(f"  optimizer   {config.optimizer}{detail}; parameterizations: {', '.join(config.parameterizations)}"
               f" (B_ref = {config.reference_batch_size})", highlight=False)
     out.print(f"  lr          {len(lrs)} values, 2^{math.log2(lrs[0]):.2f} .. 2^{math.log2(lrs[-1]):.2f}", highlight=False)
-    out.print(f"  batch sizes {config.sweep.batch_size} → steps {[plan.steps[b] for b in config.sweep.batch_size]}",
-              highlight=False)
+    steps = [cost.batch_steps[b] for b in config.sweep.batch_size]
+    out.print(f"  batch sizes {config.sweep.batch_size} → steps {steps}", highlight=False)
     out.print(f"  momentum    {config.sweep.momentum}; seeds {config.seeds}", highlight=False)
-    out.print(f"  {len(plan.trials)} trials in {len(plan.cohorts)} cohorts, {plan.total_steps:,} optimizer steps",
-              highlight=False)
+    cohorts = len(plan.cohorts) if plan is not None else len(config.sweep.batch_size)  # one cohort per batch size
+    out.print(f"  {cost.trials:,} trials in {cohorts} cohorts, {cost.steps:,} optimizer steps", highlight=False)
+    out.print(f"  cost        {cost.summary()}", highlight=False)
+    if cost.exceeds_limit:
+        out.print(f"  [yellow]limit[/yellow]       above {cost.limit_text()}: hpconj sweep will need --yes to run it",
+                  highlight=False)
 
 
 @app.command()
@@ -254,18 +267,18 @@ FoldersArg = typer.Argument(..., help="Results folders (a parent folder means ev
                             show_default=False)
 
 
+AcceptOpt = typer.Option(False, "--accept-unverified",
+                         help="Analyse records that do not match manifest.json (the problems go atop summary.md).")
+
+
 @app.command()
 @reports_errors
-def plot(folders: list[Path] = FoldersArg, debug: bool = DebugOpt) -> None:
+def plot(folders: list[Path] = FoldersArg, accept_unverified: bool = AcceptOpt, debug: bool = DebugOpt) -> None:
     """Compute optima, shifts and regret; write optima.csv, shifts.csv, summary.md and plots/."""
-    from hpconj.plots import write_figures
-    from hpconj.report import analyse, load_results, result_folders, write_tables
-    from hpconj.repro import record_hashes
+    from hpconj.report import plot_folder, result_folders
 
     for folder in result_folders(folders):
-        frames = analyse(load_results(folder))
-        written = write_tables(frames, folder) + write_figures(frames, frames.meta, folder)
-        record_hashes(folder)
+        frames, written = plot_folder(folder, accept_unverified)
         print_report(frames)
         out.print(f"wrote {len(written)} files in {folder}/ (optima.csv, shifts.csv, summary.md, plots/)",
                   highlight=False)
@@ -273,12 +286,14 @@ def plot(folders: list[Path] = FoldersArg, debug: bool = DebugOpt) -> None:
 
 @app.command()
 @reports_errors
-def table(folders: list[Path] = FoldersArg, debug: bool = DebugOpt) -> None:
+def table(folders: list[Path] = FoldersArg, accept_unverified: bool = AcceptOpt, debug: bool = DebugOpt) -> None:
     """Print the optima and shifts tables of results folders, without drawing or writing."""
-    from hpconj.report import analyse, load_results, result_folders
+    from hpconj.folder import refuse_if_busy
+    from hpconj.report import analyse, result_folders, verified_results
 
     for folder in result_folders(folders):
-        print_report(analyse(load_results(folder)))
+        refuse_if_busy(folder)
+        print_report(analyse(verified_results(folder, accept_unverified)))
 
 
 def _short(text: str) -> str:

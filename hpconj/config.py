@@ -375,7 +375,8 @@ class NoiseScale(Record):
 class Config(Record):
     """A whole sweep, validated. Nothing downstream reads YAML again."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    # one folder name under results/: no separators, and no leading dot (so never "." or "..")
+    name: str = Field(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
     task: TaskSpec
     optimizer: Literal["sgd", "momentum", "nesterov", "adam", "rmsprop", "adagrad", "mcallester"] = "momentum"
     adam: AdamSettings | None = None
@@ -557,6 +558,7 @@ def load_config(path: str | Path, *, check_imports: bool = True) -> Config:
         where = f"{label}:{mark.line + 1}" if mark is not None else label
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError([f"{where}: malformed YAML: {problem}"]) from None
+    _refuse_duplicate_keys(node, label)
     if raw is None:
         raise ConfigError([f"{label}: the config file is empty"])
     if not isinstance(raw, dict):
@@ -581,6 +583,44 @@ def config_from_dict(raw: dict[str, Any], label: str = "<config>") -> Config:
         return Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_messages(exc, label, {})) from None
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _refuse_duplicate_keys(node: yaml.Node | None, label: str) -> None:
+    """Raise ConfigError naming every key given twice in one mapping, at any depth.
+
+    yaml.safe_load silently keeps the last value of a repeated key, so `seeds: 2` written twice
+    would train whichever came last. Keys compare by resolved tag and text (`1` and `'1'` differ,
+    as they do once loaded). Merge keys (`<<`) are skipped: overriding merged keys is their point.
+    """
+    problems: list[tuple[int, str]] = []
+    seen_nodes: set[int] = set()  # an alias shares its anchor's node: walk each node once
+
+    def walk(n: yaml.Node) -> None:
+        if id(n) in seen_nodes:
+            return
+        seen_nodes.add(id(n))
+        if isinstance(n, yaml.MappingNode):
+            first: dict[tuple[str, str], int] = {}
+            for key, value in n.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != _MERGE_TAG:
+                    line, name = key.start_mark.line + 1, (key.tag, key.value)
+                    if name in first:
+                        problems.append((line, f"{label}:{line}: duplicate key {key.value!r} "
+                                               f"(first at line {first[name]})"))
+                    else:
+                        first[name] = line
+                walk(value)
+        elif isinstance(n, yaml.SequenceNode):
+            for item in n.value:
+                walk(item)
+
+    if node is not None:
+        walk(node)
+    if problems:
+        raise ConfigError([text for _, text in sorted(problems)])
 
 
 def _line_index(node: yaml.Node | None) -> dict[tuple[Any, ...], int]:
@@ -784,7 +824,7 @@ def _expected(error: dict[str, Any]) -> str:
             return f"must have exactly {len(get_args(node))} items{got}"
         return f"must have at most {ctx.get('max_length')} items{got}"
     if kind == "string_pattern_mismatch":
-        return f"must use only letters, digits, '_', '.', '-'{got}"
+        return f"must be one folder name under results/: only letters, digits, '_', '.', '-', not starting with '.'{got}"
     if kind == "union_tag_invalid":
         return f"must be one of {' | '.join(_choices(ctx.get('expected_tags', '')))}{got}"
     if kind == "bool_type":

@@ -6,13 +6,12 @@ existed, or with noise_scale.enabled false, are analysed without it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from hpconj.analysis import (
     noise_scale_text,
@@ -23,7 +22,11 @@ from hpconj.analysis import (
     shifts,
     slice_curves,
 )
-from hpconj.store import NOISE_COLUMNS, NOISE_FILE, write_atomic
+from hpconj.config import ConfigError, config_from_dict
+from hpconj.folder import (CURVE_REQUIRED, NOISE_REQUIRED, FolderError, read_config_data, read_manifest, read_optional,
+                           read_trials, writer_lock)
+from hpconj.repro import record_hashes, record_problems
+from hpconj.store import NOISE_FILE, write_atomic
 
 
 class ReportError(ValueError):
@@ -37,6 +40,7 @@ class Results:
     curves: pd.DataFrame
     config: dict[str, Any]
     noise: pd.DataFrame = field(default_factory=pd.DataFrame)  # noise_scale.csv; empty when absent
+    warnings: tuple[str, ...] = ()  # disagreements with manifest.json the user accepted
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class Frames:
     training: pd.DataFrame  # training curves at the best grid lr of each slice
     meta: dict[str, str]
     noise: pd.DataFrame = field(default_factory=pd.DataFrame)  # analysis.noise_summary: per seed + mean
+    warnings: tuple[str, ...] = ()  # disagreements with manifest.json the user accepted
 
 
 def result_folders(paths: list[Path]) -> list[Path]:
@@ -66,20 +71,42 @@ def result_folders(paths: list[Path]) -> list[Path]:
 
 
 def load_results(folder: Path) -> Results:
+    """The folder's records, every column checked: ReportError naming the file (and column and line)."""
     try:
-        trials = pd.read_csv(folder / "trials.csv")
-        curves = pd.read_csv(folder / "curves.csv") if (folder / "curves.csv").is_file() else pd.DataFrame()
-        config = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else {}
-        noise = pd.read_csv(folder / NOISE_FILE) if (folder / NOISE_FILE).is_file() else pd.DataFrame()
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise ReportError(f"{folder}: cannot read results ({type(exc).__name__}: {exc})") from None
-    missing = {"status", "parameterization", "optimizer", "lr", "batch_size", "momentum", "seed", "metric"} - set(trials)
-    if missing:
-        raise ReportError(f"{folder / 'trials.csv'}: missing columns {sorted(missing)}")
-    missing = set(NOISE_COLUMNS) - set(noise) if not noise.empty else set()
-    if missing:
-        raise ReportError(f"{folder / NOISE_FILE}: missing columns {sorted(missing)}")
-    return Results(folder, trials, curves, config or {}, noise)
+        trials = read_trials(folder)
+        curves = read_optional(folder / "curves.csv", CURVE_REQUIRED)
+        config = read_config_data(folder) if (folder / "config.yaml").is_file() else {}
+        noise = read_optional(folder / NOISE_FILE, NOISE_REQUIRED)
+    except FolderError as exc:
+        raise ReportError(str(exc)) from None
+    return Results(folder, trials, curves, config, noise)
+
+
+def verified_results(folder: Path, accept_unverified: bool) -> Results:
+    """The folder's records after checking them against manifest.json (repro.record_problems).
+
+    A disagreement is one line and ReportError (nothing gets written) unless the user accepts it,
+    in which case every problem travels with the results and is printed atop summary.md.
+    """
+    try:
+        manifest = read_manifest(folder)
+    except FolderError as exc:
+        if not accept_unverified:
+            raise ReportError(f"{exc}; cannot verify the results (pass --accept-unverified to analyse them anyway)") from None
+        manifest = None
+    results = load_results(folder)
+    if manifest is None:
+        return replace(results, warnings=(f"{folder / 'manifest.json'}: missing or damaged; results not verified",))
+    try:
+        config = config_from_dict(results.config, label=str(folder / "config.yaml"))
+    except ConfigError as exc:
+        raise ReportError(f"{folder / 'config.yaml'}: not a valid config ({exc.lines[0]})") from None
+    problems = record_problems(folder, manifest, results.trials, config)
+    if problems and not accept_unverified:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ReportError(f"{folder}: the results do not match manifest.json: {problems[0]}{more}; nothing written "
+                          "(hpconj check --integrity lists them; pass --accept-unverified to analyse them anyway)")
+    return replace(results, warnings=tuple(problems))
 
 
 def describe(config: dict[str, Any]) -> dict[str, str]:
@@ -113,7 +140,7 @@ def analyse(results: Results) -> Frames:
     optimum = optima(trials)
     shift = shifts(trials, optimum)
     return Frames(curve_frame, optimum, shift, training_at_optimum(trials, results.curves, optimum),
-                  describe(results.config), noise_summary(results.noise))
+                  describe(results.config), noise_summary(results.noise), results.warnings)
 
 
 def training_at_optimum(trials: pd.DataFrame, curves: pd.DataFrame, optimum: pd.DataFrame) -> pd.DataFrame:
@@ -144,6 +171,10 @@ def summary_markdown(frames: Frames) -> str:
     lines = [f"# {meta['name']}: how far does the optimal learning rate move?", "",
              f"{meta['task']}; optimizer {meta['optimizer']}; budget {meta['budget']}; metric {meta['metric']} "
              f"(seed mean); B_ref = {meta['reference_batch_size'] or '–'}.", ""]
+    if frames.warnings:
+        lines += ["> **Unverified results.** These tables were computed with --accept-unverified from records that "
+                  "do not match manifest.json:", ">"]
+        lines += [f"> - {w}" for w in frames.warnings] + [""]
     for sentence in shift_sentences(frames.shifts, frames.optima):
         lines += [sentence, ""]
     lines += ["## Optima", "", "lr* is sub-grid (parabola in log2 lr); [lo, hi] a 95% bootstrap interval over seeds; "
@@ -212,6 +243,22 @@ def _percent(value: float) -> str:
 def _is_low_edge(curves: pd.DataFrame, row: pd.Series) -> bool:
     mask = np.logical_and.reduce([curves[k] == row[k] for k in ("parameterization", "optimizer", "batch_size", "momentum")])
     return bool(np.isclose(row["log2_lr_opt"], curves[mask]["log2_lr"].min()))
+
+
+def plot_folder(folder: Path, accept_unverified: bool) -> tuple[Frames, list[Path]]:
+    """`hpconj plot` on one folder: verify, analyse, write the tables and figures, record their hashes.
+
+    Only a folder hpconj made (its manifest readable) is written to, under its lock; only the
+    files written here get their hashes recorded (the records keep theirs: repro.record_hashes).
+    """
+    from hpconj.plots import write_figures
+
+    read_manifest(folder)  # FolderError: plot writes only into folders hpconj made
+    with writer_lock(folder):
+        frames = analyse(verified_results(folder, accept_unverified))
+        written = write_tables(frames, folder) + write_figures(frames, frames.meta, folder)
+        record_hashes(folder, [str(p.relative_to(folder)) for p in written])
+    return frames, written
 
 
 def write_tables(frames: Frames, folder: Path) -> list[Path]:

@@ -1,11 +1,13 @@
 """Reproducibility: determinism settings, file hashes, integrity checks, and re-running trials.
 
-Policy for `hpconj check` tolerances: when this environment matches the one in manifest.json
-(hpconj and torch versions, OS/architecture/C library, torch's CPU vector capability, the
-arithmetic fingerprint, device type, threads per worker) every re-run value must be *bit-equal*
-to the stored one (final weights' sha256 included). Otherwise the default is rtol 1e-4 (atol
-1e-12), weight digests are not compared, and each difference of environment is printed as a
-warning. --rtol / --atol override either default.
+Two levels of `hpconj check`. When this environment matches the one in manifest.json (hpconj
+and torch versions, OS/architecture/C library, torch's CPU vector capability, the arithmetic
+fingerprint, device type, threads per worker) every re-run value must be *bit-equal* to the
+stored one (final weights' sha256 included), and so must every re-derived optimum and slope.
+Otherwise training may amplify a last-bit difference of the arithmetic, so the check compares
+what the results conclude (`compare_conclusions`, `compare_analysis`): the statistics are in
+their docstrings and in the README. Each difference of environment is printed as a warning;
+--rtol / --atol replace either level by a plain per-value tolerance.
 """
 from __future__ import annotations
 
@@ -24,18 +26,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 import hpconj
 from hpconj.analysis import best_grid_lr, optima, shifts
 from hpconj.config import Config, config_from_dict
 from hpconj.engine.base import tensors_digest
+from hpconj.folder import (ANALYSIS_FILES, CURVE_REQUIRED, INPUT_FILES, MANIFEST, FolderError, read_config_data,
+                           read_optional, read_table, read_trials)
+from hpconj.folder import read_manifest as folder_manifest
 from hpconj.store import TRIAL_COLUMNS, trials_table, write_atomic
 from hpconj.trials import Trial, expand_trials
 
-HASHED = ("trials.csv", "curves.csv", "noise_scale.csv", "config.yaml", "optima.csv", "shifts.csv", "summary.md")
+SLICE_KEYS = ["parameterization", "optimizer", "batch_size", "momentum"]
 COMPARED = ("status", "train_loss", "val_loss", "val_error", "metric", "steps", "examples")
-LOOSE_RTOL, LOOSE_ATOL = 1e-4, 1e-12
 
 
 class CheckError(ValueError):
@@ -66,33 +69,70 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def result_files(folder: Path) -> list[Path]:
-    """Every result file hpconj writes (the store excepted: SQLite rewrites its pages freely)."""
-    files = [folder / name for name in HASHED if (folder / name).is_file()]
-    plots = folder / "plots"
-    if plots.is_dir():
-        files += sorted(p for p in plots.iterdir() if p.suffix in (".png", ".svg"))
-    return files
+def record_hashes(folder: Path, written: Iterable[str], forget: Iterable[str] = ()) -> None:
+    """Record in manifest.json the sha256 of the files just `written` (names relative to `folder`).
 
-
-def record_hashes(folder: Path) -> None:
-    """Put the sha256 of every result file into manifest.json."""
-    path = folder / "manifest.json"
+    Every other entry stays as recorded, so a file damaged since hpconj wrote it stays reported
+    as damaged: recording is never re-certifying. Entries named in `forget`, and analysis outputs
+    that hpconj itself removed (hpconj.folder.remove_analysis), are dropped.
+    """
+    path = folder / MANIFEST
     manifest = json.loads(path.read_text()) if path.is_file() else {}
-    manifest["files"] = {str(p.relative_to(folder)): sha256_file(p) for p in result_files(folder)}
+    files = dict(manifest.get("files") or {})
+    for name in list(files):
+        derived = name in ANALYSIS_FILES or name.startswith("plots/")
+        if name in forget or (derived and not (folder / name).is_file()):
+            del files[name]
+    for name in written:
+        files[name] = sha256_file(folder / name)
+    manifest["files"] = dict(sorted(files.items()))
     write_atomic(path, json.dumps(manifest, indent=2) + "\n")
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
     if not folder.is_dir():
         raise CheckError(f"{folder}: no such results folder")
-    path = folder / "manifest.json"
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckError(f"{path}: missing (not an hpconj results folder?)") from None
-    except (OSError, ValueError) as exc:
-        raise CheckError(f"{path}: unreadable ({exc})") from None
+        return folder_manifest(folder)
+    except FolderError as exc:
+        raise CheckError(str(exc)) from None
+
+
+def record_problems(folder: Path, manifest: dict[str, Any], trials: pd.DataFrame, config: Config) -> list[str]:
+    """How a folder's records disagree with its manifest, one line each (empty: they agree).
+
+    The records are the sweep's outputs (trials.csv, curves.csv, noise_scale.csv, config.yaml):
+    each must exist and hash as recorded; trials.csv must hold as many rows as the manifest
+    counts trials, with no id twice and only ids the stored config produces; and a sweep the
+    manifest calls complete must have every trial its config plans.
+    """
+    recorded: dict[str, str] = manifest.get("files") or {}
+    problems = []
+    for name in INPUT_FILES:
+        path = folder / name
+        if name in recorded:
+            if not path.is_file():
+                problems.append(f"{name}: missing")
+            elif sha256_file(path) != recorded[name]:
+                problems.append(f"{name}: edited since it was recorded (sha256 differs)")
+        elif path.is_file():
+            problems.append(f"{name}: not recorded in manifest.json")
+    counts = manifest.get("trials") or {}
+    rows = sum(v for k, v in counts.items() if k != "planned" and isinstance(v, int))
+    if counts and rows != len(trials):
+        problems.append(f"trials.csv: {len(trials)} rows, but manifest.json records {rows} trials")
+    doubled = int(trials["trial_id"].duplicated().sum()) if "trial_id" in trials else 0
+    if doubled:
+        problems.append(f"trials.csv: {doubled} trial ids appear more than once")
+    report = CheckReport()
+    compare_ids(config, trials, report, folder)
+    for where, _, stored, now, _ in report.differences:
+        if now != "missing":
+            problems.append(f"{where}: {stored} {now}")
+    missing = sum(1 for d in report.differences if d[3] == "missing")
+    if missing and manifest.get("status") == "complete":
+        problems.append(f"trials.csv: {missing} trials of the stored config are missing from a complete sweep")
+    return problems
 
 
 def integrity_problems(folder: Path) -> list[str]:
@@ -177,6 +217,7 @@ def environment_differences(manifest: dict[str, Any], current: dict[str, Any]) -
 
 
 # ----------------------------------------------------------------------------- selection
+SLICE_KEYS = SLICE_KEYS
 def parse_sample(spec: str) -> tuple[str, float]:
     """'all' | 'N' | 'F%' → (kind, amount)."""
     text = spec.strip()
@@ -195,17 +236,21 @@ def parse_sample(spec: str) -> tuple[str, float]:
 
 
 def select_trials(stored: pd.DataFrame, spec: str) -> list[str]:
-    """A deterministic sample by trial id, always with every seed of each slice's best grid lr."""
+    """A deterministic sample by trial id, always with every seed of each slice's best grid lr and
+    of its two neighbours on the grid: the points the sub-grid optimum is fitted to."""
     kind, amount = parse_sample(spec)
     ids = sorted(stored["trial_id"])
     if kind == "all":
         return ids
     count = amount if kind == "count" else math.ceil(amount * len(ids))
     chosen = set(ids[: int(count)])
-    best = best_grid_lr(stored)
-    keys = ["parameterization", "optimizer", "batch_size", "momentum"]
-    merged = stored.merge(best[keys + ["lr_best"]], on=keys)
-    chosen |= set(merged[np.isclose(merged["lr"], merged["lr_best"], rtol=0, atol=0)]["trial_id"])
+    best = best_grid_lr(stored).dropna(subset=["lr_best"])
+    for _, row in best.iterrows():
+        mask = np.logical_and.reduce([stored[k] == row[k] for k in SLICE_KEYS])
+        grid = np.sort(stored.loc[mask, "lr"].unique())
+        i = int(np.searchsorted(grid, row["lr_best"]))
+        near = grid[max(0, i - 1): i + 2]
+        chosen |= set(stored.loc[mask & stored["lr"].isin(near), "trial_id"])
     return sorted(chosen)
 
 
@@ -222,8 +267,10 @@ class CheckReport:
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return repr(value)
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))  # not np.float64(...)
+    if isinstance(value, np.integer):
+        return str(int(value))
     return str(value)
 
 
@@ -250,16 +297,13 @@ def same(a: Any, b: Any, rtol: float, atol: float) -> bool:
 
 
 def load_stored(folder: Path) -> tuple[Config, pd.DataFrame, pd.DataFrame]:
+    """The stored config, trials and curves, every column checked (CheckError naming file, column, line)."""
     try:
-        raw = yaml.safe_load((folder / "config.yaml").read_text())
-        trials = pd.read_csv(folder / "trials.csv")
-        curves = pd.read_csv(folder / "curves.csv") if (folder / "curves.csv").is_file() else pd.DataFrame()
-    except FileNotFoundError as exc:
-        raise CheckError(f"{exc.filename}: missing") from None
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise CheckError(f"{folder}: unreadable results ({type(exc).__name__}: {exc})") from None
-    if not isinstance(raw, dict):
-        raise CheckError("config.yaml: not a config mapping")
+        raw = read_config_data(folder)
+        trials = read_trials(folder)
+        curves = read_optional(folder / "curves.csv", CURVE_REQUIRED)
+    except FolderError as exc:
+        raise CheckError(str(exc)) from None
     return config_from_dict(raw, label=str(folder / "config.yaml")), trials, curves
 
 
@@ -307,37 +351,229 @@ def compare_results(stored: pd.DataFrame, rerun: pd.DataFrame, stored_curves: pd
     for key in sorted(set(a.index) ^ set(b.index))[:20]:
         report.add(f"curves.csv trial {key[0]}", f"step {key[1]}", "present" if key in a.index else "absent",
                    "present" if key in b.index else "absent")
-    # curve points are loss values: equal between cohort runs, ≤ 1e-6 between engines (README)
-    curve_rtol = rtol if report.exact else max(rtol, 1e-6)
     for key in sorted(set(a.index) & set(b.index)):
-        if not same(a[key], b[key], curve_rtol, atol):
+        if not same(a[key], b[key], rtol, atol):
             report.add(f"curves.csv trial {key[0]}", f"train_loss at step {key[1]}", a[key], b[key])
 
 
-def compare_analysis(folder: Path, stored: pd.DataFrame, merged: pd.DataFrame, report: CheckReport, rtol: float,
-                     atol: float) -> None:
-    """Re-derive optima and shifts from the (partly re-run) trials; compare with the stored tables."""
-    keys = ["parameterization", "optimizer", "batch_size", "momentum"]
-    stored_best, now_best = best_grid_lr(stored), best_grid_lr(merged)
-    joined = stored_best.merge(now_best, on=keys, suffixes=("_stored", "_now"))
+# ----------------------------------------------------------------------------- another machine
+SPREAD_SHARE = 0.25  # a stable-side re-run may move by at most this share of the seed-to-seed spread
+OPTIMUM_OCTAVES = 0.25  # a re-derived optimum outside its stored interval may still move this far
+CLIFF_FACTOR = 2.0  # past the optimum, a trial this many times worse than the best is on the cliff
+SLOPE_ABS = 0.05  # a re-derived slope outside its stored interval may still move this much
+KEYS = SLICE_KEYS
+
+
+def _log_metric(values: pd.Series | np.ndarray) -> np.ndarray:
+    """log of a metric (floored at 1e-12, so an error rate of 0 stays finite); ±inf and NaN kept."""
+    values = np.asarray(values, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(np.isfinite(values), np.log(np.maximum(values, 1e-12)), values)
+
+
+@dataclass(frozen=True)
+class SliceNoise:
+    """What a slice's stored trials say about noise: per grid lr the seeds' log metrics, the best
+    grid lr (stable side: lrs below it), and u, the median seed spread up to the best lr."""
+
+    grid: np.ndarray  # sorted lrs
+    logs: dict[float, np.ndarray]  # lr → log metric of every stored seed (inf: diverged)
+    statuses: dict[float, set[str]]
+    best: float
+    u: float
+
+    @classmethod
+    def of(cls, group: pd.DataFrame, best: float) -> SliceNoise:
+        grid = np.sort(group["lr"].unique())
+        logs = {lr: _log_metric(g["metric"]) for lr, g in group.groupby("lr")}
+        statuses = {lr: set(g["status"]) for lr, g in group.groupby("lr")}
+        spreads = [_spread(logs[lr]) for lr in grid if lr <= best]
+        spreads = [v for v in spreads if np.isfinite(v)]
+        if not spreads:  # one seed: how far the curve moves in one grid step stands in for the spread
+            means = [float(np.mean(logs[lr])) for lr in grid if lr <= best]
+            spreads = [abs(b - a) for a, b in zip(means, means[1:]) if np.isfinite(a) and np.isfinite(b)]
+        return cls(grid, logs, statuses, best, float(np.median(spreads)) if spreads else math.inf)
+
+    def window(self, lr: float) -> list[float]:
+        """lr and its neighbours on the grid."""
+        i = int(np.searchsorted(self.grid, lr))
+        return list(self.grid[max(0, i - 1): i + 2])
+
+
+def _spread(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.max() - finite.min()) if len(finite) > 1 else math.nan
+
+
+def compare_conclusions(stored: pd.DataFrame, rerun: pd.DataFrame, stored_curves: pd.DataFrame,
+                        rerun_curves: pd.DataFrame, report: CheckReport) -> None:
+    """Re-run trials against stored ones on a machine whose arithmetic differs (README: "check").
+
+    Below a slice's best grid lr (the stable side) training does not amplify small differences:
+    the re-run log metric may differ from the stored one by at most SPREAD_SHARE of the seed
+    spread there (the larger of this lr's and the slice's median), and each curve point by as
+    much of the seeds' spread at that step. At and above it differences grow, up to chaos on
+    the cliff: a re-run may come out worse by any amount, but not better than the stored trials
+    of its own and the neighbouring lrs, nor than those at the best lr (all seeds; the same share
+    of slack), and anything goes next to a diverged trial. A status may flip only where that
+    window holds the other status, or, at and past the optimum, to diverged where any larger lr
+    diverged or where the stored trial was already CLIFF_FACTOR times worse than the best.
+    Steps and examples of trials that finished on both machines must be equal.
+    """
+    best = best_grid_lr(stored).set_index(KEYS)["lr_best"]
+    noise = {key: SliceNoise.of(group, best.get(key, math.inf)) for key, group in stored.groupby(KEYS)}
+    by_id = stored.set_index("trial_id")
+    stable_ids = []
+    for _, row in rerun.iterrows():
+        old = by_id.loc[row["trial_id"]]
+        where = f"trials.csv trial {row['trial_id']}"
+        for name in ("steps", "examples") if old["status"] == "ok" == row["status"] else ():  # a divergence may come sooner
+            if not same(old[name], row[name], 0.0, 0.0):
+                report.add(where, name, old[name], row[name])
+        key = tuple(old[k] for k in KEYS)
+        if key not in noise:
+            continue
+        ok, stable = _agrees(noise[key], float(old["lr"]), old, row)
+        if not ok:
+            report.add(where, "status" if old["status"] != row["status"] else "metric",
+                       old["status"] if old["status"] != row["status"] else old["metric"],
+                       row["status"] if old["status"] != row["status"] else row["metric"])
+        elif stable and old["status"] == "ok" == row["status"]:
+            stable_ids.append(row["trial_id"])
+    _compare_curves(stable_ids, stored, stored_curves, rerun_curves, report)
+
+
+def _agrees(noise: SliceNoise, lr: float, old: pd.Series, new: pd.Series) -> tuple[bool, bool]:
+    """(agrees, on the stable side) for one re-run trial."""
+    window = noise.window(lr)
+    stable = lr < noise.best
+    if old["status"] != new["status"]:
+        if not stable and new["status"] == "diverged":
+            # up the cliff a run may diverge on one machine and collapse on another
+            above = [w for w in noise.grid if w >= window[0]]
+            if any("diverged" in noise.statuses.get(w, set()) for w in above):
+                return True, stable
+            if _log_metric([old["metric"]])[0] >= np.nanmin(noise.logs[noise.best]) + math.log(CLIFF_FACTOR):
+                return True, stable
+        return any(new["status"] in noise.statuses.get(w, set()) for w in window), stable
+    a, b = _log_metric([old["metric"], new["metric"]])
+    if not (np.isfinite(a) and np.isfinite(b)):
+        return bool(a == b or (np.isnan(a) and np.isnan(b))), stable
+    local = _spread(noise.logs.get(lr, np.array([])))
+    tolerance = SPREAD_SHARE * max(local if np.isfinite(local) else 0.0, noise.u)
+    if stable:
+        return abs(b - a) <= tolerance, stable
+    near = np.concatenate([noise.logs[w] for w in window])
+    if np.isinf(near).any():
+        return True, stable  # next to divergence: any finite value may come out
+    # at and past the optimum differences grow, up to chaos on the cliff: a re-run may come out
+    # worse by any amount, but not better than the stored trials around it or at the best lr
+    # (that could move lr*)
+    floor = min(np.nanmin(near), np.nanmin(noise.logs[noise.best]))
+    return bool(b >= floor - tolerance), stable
+
+
+def _compare_curves(stable: list[str], stored: pd.DataFrame, stored_curves: pd.DataFrame, rerun_curves: pd.DataFrame,
+                    report: CheckReport) -> None:
+    """Curve points of stable-side trials: within SPREAD_SHARE of the seeds' spread of the training
+    loss at that step (or of its median over the curve, if larger)."""
+    if stored_curves.empty or rerun_curves.empty or not stable:
+        return
+    cells = stored.set_index("trial_id")[[*SLICE_KEYS, "lr"]]
+    points = stored_curves.join(cells, on="trial_id")
+    points["log"] = _log_metric(points["train_loss"])
+    spread = points.groupby([*SLICE_KEYS, "lr", "step"])["log"].agg(lambda v: _spread(v.to_numpy()))
+    a = stored_curves[stored_curves["trial_id"].isin(stable)].set_index(["trial_id", "step"])["train_loss"]
+    b = rerun_curves[rerun_curves["trial_id"].isin(stable)].set_index(["trial_id", "step"])["train_loss"]
+    joined = pd.concat([a.rename("a"), b.rename("b")], axis=1)
+    for trial_id, curve in joined.groupby(level=0):
+        cell = tuple(cells.loc[trial_id])
+        widths = spread.loc[cell] if cell in spread.index.droplevel("step") else pd.Series(dtype=float)
+        floor = float(np.nanmedian(widths)) if len(widths) and np.isfinite(widths).any() else 0.0
+        for (_, step), r in curve.iterrows():
+            x, y = _log_metric([r["a"], r["b"]])
+            width = widths.get(step, math.nan)
+            tolerance = SPREAD_SHARE * max(width if np.isfinite(width) else 0.0, floor)
+            if np.isnan(x) or np.isnan(y):
+                report.add(f"curves.csv trial {trial_id}", f"step {step}", "present" if not np.isnan(x) else "absent",
+                           "present" if not np.isnan(y) else "absent")
+            elif not (x == y or abs(y - x) <= tolerance):
+                report.add(f"curves.csv trial {trial_id}", f"train_loss at step {step}", float(r["a"]), float(r["b"]))
+
+
+def compare_analysis(folder: Path, stored: pd.DataFrame, merged: pd.DataFrame, report: CheckReport,
+                     exact: bool) -> None:
+    """The stored tables against the stored trials (they must be what the trials give), then the
+    conclusions re-derived with the re-run trials in place: equal where the environment matches;
+    elsewhere every optimum within its stored interval or OPTIMUM_OCTAVES of it, and every slope
+    within its stored interval or SLOPE_ABS of it (a bootstrap over 2–4 seeds gives intervals whose
+    edges sit on the estimate itself)."""
+    try:
+        tables = {name: read_table(folder / name) for name in ("optima.csv", "shifts.csv") if (folder / name).is_file()}
+    except FolderError as exc:
+        raise CheckError(str(exc)) from None
+    from_stored = optima(stored)
+    now = optima(merged)
+    if "optima.csv" in tables:
+        _compare_optima_table(tables["optima.csv"], from_stored, report, "optima.csv", 1e-9)
+        if exact:
+            _compare_optima_table(tables["optima.csv"], now, report, "optima.csv (re-run)", 1e-9)
+        else:
+            _compare_optima_moves(tables["optima.csv"], now, report)
+    if "shifts.csv" in tables:
+        _compare_shift_table(tables["shifts.csv"], shifts(stored, from_stored), report, "shifts.csv", 1e-9)
+        if exact:
+            _compare_shift_table(tables["shifts.csv"], shifts(merged, now), report, "shifts.csv (re-run)", 1e-9)
+        else:
+            _compare_slope_moves(tables["shifts.csv"], shifts(merged, now), report)
+
+
+def _compare_optima_table(table: pd.DataFrame, derived: pd.DataFrame, report: CheckReport, label: str,
+                          rtol: float) -> None:
+    joined = table.merge(derived, on=KEYS, suffixes=("_stored", "_now"))
     for _, r in joined.iterrows():
-        if not same(r["lr_best_stored"], r["lr_best_now"], 0.0, 0.0):
-            report.add(f"slice {_slice(r)}", "best grid lr", r["lr_best_stored"], r["lr_best_now"])
-    optimum = optima(merged)
-    if (folder / "optima.csv").is_file():
-        table = pd.read_csv(folder / "optima.csv").merge(optimum, on=keys, suffixes=("_stored", "_now"))
-        for _, r in table.iterrows():
-            for name in ("lr_opt", "lr_lo", "lr_hi", "metric_opt"):
-                if not same(r[f"{name}_stored"], r[f"{name}_now"], max(rtol, 1e-9), atol):
-                    report.add(f"optima.csv slice {_slice(r)}", name, r[f"{name}_stored"], r[f"{name}_now"])
-    if (folder / "shifts.csv").is_file():
-        keys2 = ["parameterization", "optimizer", "axis", "fixed"]
-        table = pd.read_csv(folder / "shifts.csv").merge(shifts(merged, optimum), on=keys2, suffixes=("_stored", "_now"))
-        for _, r in table.iterrows():
-            for name in ("slope", "slope_lo", "slope_hi", "shift_octaves"):
-                if not same(r[f"{name}_stored"], r[f"{name}_now"], max(rtol, 1e-9), max(atol, 1e-9)):
-                    report.add(f"shifts.csv {r['parameterization']} {r['axis']} at {r['fixed']}", name,
-                               r[f"{name}_stored"], r[f"{name}_now"])
+        for name in ("lr_opt", "lr_lo", "lr_hi", "metric_opt"):
+            if not same(r[f"{name}_stored"], r[f"{name}_now"], rtol, 0.0):
+                report.add(f"{label} slice {_slice(r)}", name, r[f"{name}_stored"], r[f"{name}_now"])
+
+
+def _compare_optima_moves(table: pd.DataFrame, derived: pd.DataFrame, report: CheckReport) -> None:
+    joined = table.merge(derived, on=KEYS, suffixes=("_stored", "_now"))
+    for _, r in joined.iterrows():
+        old, new = float(r["log2_lr_opt_stored"]), float(r["log2_lr_opt_now"])
+        if not (np.isfinite(old) and np.isfinite(new)):
+            if np.isfinite(old) != np.isfinite(new):
+                report.add(f"optima.csv slice {_slice(r)}", "log2 lr*", old, new)
+            continue
+        lo, hi = np.log2(float(r["lr_lo_stored"])), np.log2(float(r["lr_hi_stored"]))
+        inside = np.isfinite(lo) and np.isfinite(hi) and lo <= new <= hi
+        if not inside and abs(new - old) > OPTIMUM_OCTAVES:
+            report.add(f"optima.csv slice {_slice(r)}", "log2 lr* (re-derived)", old, new)
+
+
+def _compare_shift_table(table: pd.DataFrame, derived: pd.DataFrame, report: CheckReport, label: str,
+                         tol: float) -> None:
+    keys = ["parameterization", "optimizer", "axis", "fixed"]
+    joined = table.merge(derived, on=keys, suffixes=("_stored", "_now"))
+    for _, r in joined.iterrows():
+        for name in ("slope", "slope_lo", "slope_hi", "shift_octaves"):
+            if not same(r[f"{name}_stored"], r[f"{name}_now"], tol, tol):
+                report.add(f"{label} {r['parameterization']} {r['axis']} at {r['fixed']}", name,
+                           r[f"{name}_stored"], r[f"{name}_now"])
+
+
+def _compare_slope_moves(table: pd.DataFrame, derived: pd.DataFrame, report: CheckReport) -> None:
+    keys = ["parameterization", "optimizer", "axis", "fixed"]
+    for _, r in table.merge(derived, on=keys, suffixes=("_stored", "_now")).iterrows():
+        old, new, lo, hi = (float(r[c]) for c in ("slope_stored", "slope_now", "slope_lo_stored", "slope_hi_stored"))
+        if not (np.isfinite(old) and np.isfinite(new)):
+            if np.isfinite(old) != np.isfinite(new):
+                report.add(f"shifts.csv {r['parameterization']} {r['axis']} at {r['fixed']}", "slope", old, new)
+            continue
+        inside = np.isfinite(lo) and np.isfinite(hi) and lo <= new <= hi
+        if not inside and abs(new - old) > SLOPE_ABS:
+            report.add(f"shifts.csv {r['parameterization']} {r['axis']} at {r['fixed']}", "slope (re-derived)",
+                       old, new)
 
 
 def _slice(row: pd.Series) -> str:

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -31,20 +30,28 @@ import hpconj
 from hpconj.config import Config
 from hpconj.engine import TrialResult
 from hpconj.executor import LocalExecutor, split_units
+from hpconj.folder import (INPUT_FILES, MANIFEST, STORE_FILES, FolderError, check_writable_here, read_manifest,
+                           remove_analysis, writer_lock)
 from hpconj.noise import measure_noise_scale, noise_examples
 from hpconj.repro import apply_determinism, arithmetic_fingerprint, record_hashes
-from hpconj.store import NOISE_FILE, STORE_NAME, Store, StoreError, export_csv, export_noise_csv, write_atomic
+from hpconj.store import Store, StoreError, export_csv, export_noise_csv, write_atomic
 from hpconj.tasks import Task, TaskError, build_task
 from hpconj.trials import Cohort, Trial, expand_trials, group_cohorts
 
-RESULT_FILES = ("trials.csv", "curves.csv", NOISE_FILE, "config.yaml", "manifest.json")
-ANALYSIS_FILES = ("optima.csv", "shifts.csv", "summary.md")
 
 log = logging.getLogger("hpconj")
 
 
 class SweepError(RuntimeError):
     """Bad input discovered while preparing or running a sweep (exit status 2)."""
+
+
+class SweepTooLarge(SweepError):
+    """A sweep above hpconj.cost's limit, refused before it is expanded; carries its cost."""
+
+    def __init__(self, cost: Any):
+        super().__init__(cost.refusal())
+        self.cost = cost
 
 
 @dataclass(frozen=True)
@@ -70,8 +77,14 @@ class SweepOutcome:
     interrupted: bool = False
 
 
-def plan_sweep(config: Config, task: Task) -> SweepPlan:
-    """Expand the config; check every batch size against the data before any training."""
+def plan_sweep(config: Config, task: Task, *, yes: bool = False) -> SweepPlan:
+    """Expand the config; check every batch size against the data before any training.
+
+    A sweep above hpconj.cost's limit (trials, or estimated time) is refused with SweepTooLarge
+    before it is expanded — expanding 10^7 trials alone takes minutes and gigabytes — unless `yes`.
+    """
+    from hpconj.cost import estimate_cost  # imported here: it times the model, which only this step needs
+
     data = getattr(task, "data", None)
     if config.metric.name == "val_error" and data is not None and not data.classes:
         raise SweepError("metric.name: val_error needs classes, but task.data is a regression target; "
@@ -89,6 +102,10 @@ def plan_sweep(config: Config, task: Task) -> SweepPlan:
             raise SweepError(f"mcallester.warmup: batch size {b} gets {steps[b]} steps, no more than the "
                              f"{config.mcallester.warmup} warm-up steps in which McAllester's SGD does not move; "
                              "lower the warm-up or raise the budget")
+    if not yes:
+        cost = estimate_cost(config, task, steps)
+        if cost.exceeds_limit:
+            raise SweepTooLarge(cost)
     trials = expand_trials(config)
     if any(t.native.per_example for t in trials):
         check_per_example_model(task)
@@ -134,18 +151,22 @@ def resolve_device(name: str) -> torch.device:
 
 # ----------------------------------------------------------------------------- the folder
 def open_results(config: Config, folder: Path, fresh: bool) -> Store:
-    """Create or reopen the results folder; refuse one that holds a different experiment."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".hpconj-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise SweepError(f"--out {folder}: cannot write the results folder ({exc.strerror or exc})") from None
+    """Reopen or start the results folder (its lock held); refuse one that holds a different experiment.
+
+    A folder that is not hpconj's yet gets a manifest first (see hpconj.folder), so that it is
+    recognised as hpconj's even if the sweep dies before its first trial.
+    """
+    check_writable_here(folder)
     if fresh:
-        for name in (STORE_NAME, STORE_NAME + "-wal", STORE_NAME + "-shm", *RESULT_FILES):
+        for name in (*STORE_FILES, *INPUT_FILES):
             (folder / name).unlink(missing_ok=True)
         remove_analysis(folder)
+    claimed = _claimed_key(folder)
+    if claimed is not None and claimed != config.experiment_key() and not fresh:
+        raise _different_experiment(folder, _stored_config(folder), config)
+    if claimed is None or fresh:
+        write_atomic(folder / MANIFEST, json.dumps({"hpconj": hpconj.__version__, "experiment_key":
+                                                    config.experiment_key(), "status": "starting"}, indent=2) + "\n")
     try:
         store = Store.open(folder)
     except StoreError as exc:
@@ -154,19 +175,32 @@ def open_results(config: Config, folder: Path, fresh: bool) -> Store:
     if stored_key is not None and stored_key != config.experiment_key():
         previous = json.loads(store.get_meta("config") or "{}")
         store.close()
-        raise SweepError(
-            f"{folder} holds results of a different experiment ({config_difference(previous, config.canonical())}); "
-            "use --fresh to replace them, or --out for a new folder"
-        )
+        raise _different_experiment(folder, previous, config)
     store.set_meta({"experiment_key": config.experiment_key(), "config": json.dumps(config.canonical())})
     return store
 
 
-def remove_analysis(folder: Path) -> None:
-    """Drop what `hpconj plot` wrote: it describes trials that are about to change."""
-    for name in ANALYSIS_FILES:
-        (folder / name).unlink(missing_ok=True)
-    shutil.rmtree(folder / "plots", ignore_errors=True)
+def _different_experiment(folder: Path, previous: dict[str, Any], config: Config) -> SweepError:
+    difference = config_difference(previous, config.canonical()) or "its manifest.json names another experiment"
+    return SweepError(f"{folder} holds results of a different experiment ({difference}); "
+                      "use --fresh to replace them, or --out for a new folder")
+
+
+def _stored_config(folder: Path) -> dict[str, Any]:
+    """The config.yaml a sweep left in its folder, as plain data ({} when absent or unreadable)."""
+    try:
+        data = yaml.safe_load((folder / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _claimed_key(folder: Path) -> str | None:
+    """The experiment key of the folder's manifest; None when the folder has none yet."""
+    try:
+        return read_manifest(folder)["experiment_key"]
+    except FolderError:
+        return None
 
 
 def config_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
@@ -198,7 +232,33 @@ def run_sweep(
     on_start: Callable[[int, int], None] | None = None,
     on_result: Callable[[Trial, TrialResult], None] | None = None,
 ) -> SweepOutcome:
-    """Run every unfinished trial of `plan`, recording each one as soon as it comes back."""
+    """Run every unfinished trial of `plan`, recording each one as soon as it comes back.
+
+    The folder's lock is held from before anything is written until the last file is: a second
+    sweep, a `--fresh` or a `plot` on the same folder is refused meanwhile (hpconj.folder).
+    """
+    try:
+        check_writable_here(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SweepError(f"--out {folder}: cannot write the results folder ({exc.strerror or exc})") from None
+    with writer_lock(folder):
+        return _run_locked(plan, task, folder, executor, device, fresh=fresh, max_trials=max_trials,
+                           on_start=on_start, on_result=on_result)
+
+
+def _run_locked(
+    plan: SweepPlan,
+    task: Task,
+    folder: Path,
+    executor: LocalExecutor,
+    device: torch.device,
+    *,
+    fresh: bool,
+    max_trials: int | None,
+    on_start: Callable[[int, int], None] | None,
+    on_result: Callable[[Trial, TrialResult], None] | None,
+) -> SweepOutcome:
     config = plan.config
     store = open_results(config, folder, fresh)
     started = _now()
@@ -235,7 +295,8 @@ def run_sweep(
         finished = len(store.finished_ids() & {t.trial_id for t in plan.trials})
         status = "interrupted" if outcome.interrupted else ("complete" if finished == len(plan.trials) else "partial")
         write_manifest(folder, config, store, executor, device, started, _now(), status)
-        record_hashes(folder)
+        present = [name for name in INPUT_FILES if (folder / name).is_file()]
+        record_hashes(folder, present, forget=set(INPUT_FILES) - set(present))
         store.close()
     return outcome
 

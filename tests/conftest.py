@@ -81,3 +81,34 @@ class Fragile(nn.Module):
 def build(input_dim, output_dim):
     return Fragile(input_dim, output_dim)
 """
+
+
+def plotted_sweep(base: Path, config: dict[str, Any] | None = None, name: str = "tiny") -> Path:
+    """Sweep and plot a tiny config into base/name (module fixtures make one, tests copy it)."""
+    path = base / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config or TINY, sort_keys=False))
+    folder = base / name
+    for args in (("sweep", str(path), "--out", str(folder), "--quiet"), ("plot", str(folder))):
+        proc = run_cli(*args)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return folder
+
+
+def copied(folder: Path, tmp_path: Path) -> Path:
+    """A copy of a results folder that a test may damage."""
+    import shutil
+
+    target = tmp_path / folder.name
+    shutil.copytree(folder, target)
+    return target
+
+
+def refusal(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """The one line of a bad-input refusal (exit 2, no traceback), checked to contain every needle."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]

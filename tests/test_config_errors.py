@@ -197,7 +197,10 @@ CASES: list[tuple[str, dict[str, Any], str, tuple[str, ...] | None, tuple[str, .
     ("reference-batch-size-zero", {"reference_batch_size": 0}, "reference_batch_size",
      (r"^reference_batch_size:",), ("must be a positive integer, got 0",)),
     ("name-with-slash", {"name": "a/b"}, "name", (r"^name:",),
-     ("must use only letters, digits, '_', '.', '-'", "got 'a/b'")),
+     ("must be one folder name under results/", "got 'a/b'")),
+    ("name-parent-folder", {"name": ".."}, "name", (r"^name:",),
+     ("not starting with '.'", "got '..'")),
+    ("name-this-folder", {"name": "."}, "name", (r"^name:",), ("not starting with '.'", "got '.'")),
     ("sweep-missing", {"sweep": DELETE}, "sweep", None, ("required key is missing",)),
     ("optimizer-unknown", {"optimizer": "lion"}, "optimizer", (r"^optimizer:",),
      ("must be one of sgd | momentum | nesterov | adam | rmsprop | adagrad | mcallester", "got 'lion'")),
@@ -302,7 +305,7 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_default_name_from_an_unusable_file_name(tmp_path: Path) -> None:
     config = mutate({"name": DELETE})
     (line,) = errors(write(tmp_path, config, name="my sweep"))
-    assert line.startswith("my sweep.yaml name: must use only letters")
+    assert line.startswith("my sweep.yaml name: must be one folder name under results/")
     assert "got 'my sweep'" in line and "defaults to the file's name" in line
 
 

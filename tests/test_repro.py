@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, copied, plotted_sweep, run_cli
 from hpconj.repro import (CheckReport, arithmetic_fingerprint, compare_ids, environment, environment_differences,
                           load_stored, system_family)
 
@@ -24,22 +23,15 @@ COMMITTED = ["quickstart", "nqm_batch", "mlp_momentum", "adam_batch", "mcalleste
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     """A tiny finished and plotted sweep, made once; tests copy it before tampering."""
-    base = tmp_path_factory.mktemp("repro")
     from conftest import TINY
 
-    config = base / "tiny.yaml"
-    config.write_text(yaml.safe_dump({**TINY, "sweep": {**TINY["sweep"], "lr": {"values": [0.01, 0.03, 0.1, 1000.0]}}}))
-    folder = base / "tiny"
-    assert run_cli("sweep", str(config), "--out", str(folder), "--quiet").returncode == 0
-    assert run_cli("plot", str(folder)).returncode == 0
-    return folder
+    return plotted_sweep(tmp_path_factory.mktemp("repro"),
+                         {**TINY, "sweep": {**TINY["sweep"], "lr": {"values": [0.01, 0.03, 0.1, 1000.0]}}})
 
 
 @pytest.fixture
 def copy(finished, tmp_path) -> Path:
-    target = tmp_path / "tiny"
-    shutil.copytree(finished, target)
-    return target
+    return copied(finished, tmp_path)
 
 
 def _lines(proc) -> str:

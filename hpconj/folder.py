@@ -1,0 +1,288 @@
+"""The results folder: which folders are hpconj's, the lock of its one live writer, its manifest.
+
+A folder is hpconj's when its manifest.json is a JSON object naming the hpconj version and the
+experiment key. A sweep writes that manifest before anything else it puts there, so a folder it
+made is recognised from the first trial on. A sweep writes only into a folder that does not exist,
+is empty (its own lock file apart), or is hpconj's; it refuses any other folder before changing
+anything in it. Inside its folder hpconj deletes and overwrites only the files it names
+(`OWNED_FILES`, and the figures manifest.json lists under plots/), never a file a user put there.
+
+The lock is an advisory `flock` on `.hpconj.lock`: exclusive for a writer (`sweep`, `plot`),
+tested with a shared request by readers (`table`, `check`). The kernel drops it when its process
+dies, however it dies, so a lock left by a SIGKILLed sweep is simply taken over; the file holds
+the holder's pid, host, start time and command, only for the message a refused command prints.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import math
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+MANIFEST = "manifest.json"
+LOCK_NAME = ".hpconj.lock"
+STORE_FILES = ("store.sqlite", "store.sqlite-wal", "store.sqlite-shm")
+INPUT_FILES = ("trials.csv", "curves.csv", "noise_scale.csv", "config.yaml")  # a sweep's records
+ANALYSIS_FILES = ("optima.csv", "shifts.csv", "summary.md")  # what `hpconj plot` derives from them
+OWNED_FILES = (*STORE_FILES, *INPUT_FILES, MANIFEST, *ANALYSIS_FILES)
+FIGURE_SUFFIXES = (".png", ".svg")
+
+
+class FolderError(RuntimeError):
+    """The folder is not hpconj's, is busy, or its manifest is unreadable (bad input, exit 2)."""
+
+
+# ----------------------------------------------------------------------------- manifest
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """manifest.json as a dict; FolderError naming the file when it is missing or not JSON."""
+    path = folder / MANIFEST
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise FolderError(f"{path}: missing (not a results folder made by hpconj sweep)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FolderError(f"{path}: unreadable ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        manifest = json.loads(text)
+    except ValueError as exc:
+        raise FolderError(f"{path}: not valid JSON ({exc}); the file is damaged") from None
+    if not is_manifest(manifest):
+        raise FolderError(f"{path}: not an hpconj manifest (no hpconj version or experiment key)")
+    return manifest
+
+
+def is_manifest(data: Any) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("hpconj"), str) and isinstance(data.get("experiment_key"), str)
+
+
+def is_hpconj_folder(folder: Path) -> bool:
+    try:
+        read_manifest(folder)
+    except FolderError:
+        return False
+    return True
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """What a folder holds besides hpconj's lock and the temporary files of its atomic writes
+    (`.manifest.json.x1y2`, left behind only by a killed writer): empty means a sweep may start."""
+    try:
+        return sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME and not _is_temporary(p.name))
+    except FileNotFoundError:
+        return []
+
+
+def _is_temporary(name: str) -> bool:
+    return any(name.startswith(f".{owned}.") for owned in OWNED_FILES)
+
+
+def check_writable_here(folder: Path) -> None:
+    """A sweep may write into `folder` only if it is new, empty or hpconj's; else one line, nothing changed."""
+    if folder.exists() and not folder.is_dir():
+        raise FolderError(f"--out {folder}: exists and is not a folder")
+    if not folder.exists() or is_hpconj_folder(folder):
+        return
+    entries = foreign_entries(folder)
+    if not entries:
+        return
+    shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+    why = ("its manifest.json is damaged or not hpconj's" if (folder / MANIFEST).exists()
+           else "it has no manifest.json from hpconj")
+    raise FolderError(f"--out {folder}: not a results folder of hpconj ({why}) and not empty ({shown}); "
+                      "hpconj writes only into new or empty folders or its own: choose another --out")
+
+
+def figure_names(manifest: dict[str, Any]) -> list[str]:
+    """The figures under plots/ that hpconj recorded writing (relative paths)."""
+    files = manifest.get("files") or {}
+    return sorted(name for name in files if name.startswith("plots/") and name.endswith(FIGURE_SUFFIXES))
+
+
+def remove_analysis(folder: Path) -> None:
+    """Drop what `hpconj plot` wrote (it describes trials that are about to change), by name only:
+    a file the user put into plots/ stays, and plots/ goes only when nothing else is left in it."""
+    try:
+        manifest = read_manifest(folder)
+    except FolderError:
+        manifest = {}
+    for name in (*ANALYSIS_FILES, *figure_names(manifest)):
+        (folder / name).unlink(missing_ok=True)
+    try:
+        (folder / "plots").rmdir()
+    except OSError:  # absent, or holds files hpconj did not record
+        pass
+
+
+# ----------------------------------------------------------------------------- the lock
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text())
+        return (f"pid {info['pid']} on {info['host']}, started {info['started']} "
+                f"({info.get('command', '?')})")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not written its name yet"
+
+
+def _busy(folder: Path, holder: str) -> FolderError:
+    return FolderError(f"{folder}: in use by another hpconj command ({holder}); wait for it to finish, "
+                       "or stop it (a killed process releases the folder at once)")
+
+
+@contextmanager
+def writer_lock(folder: Path, command: str | None = None) -> Iterator[None]:
+    """Hold the folder's exclusive lock for the block; FolderError at once if anyone holds it.
+
+    After taking the lock, the path must still name the file locked: another writer may have
+    removed it in between (a release unlinks the file), in which case we try again.
+    """
+    path = folder / LOCK_NAME
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise FolderError(f"{folder}: cannot write the results folder ({exc.strerror or exc})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise _busy(folder, _holder(path)) from None
+            raise FolderError(f"{folder}: cannot lock the results folder ({exc.strerror or exc}); "
+                              "hpconj needs a file system with flock") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    info = {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    os.ftruncate(fd, 0)
+    os.write(fd, (json.dumps(info) + "\n").encode())
+    try:
+        yield
+    finally:
+        try:
+            path.unlink(missing_ok=True)  # while still holding it: see the retry above
+        finally:
+            os.close(fd)
+
+
+def refuse_if_busy(folder: Path) -> None:
+    """For readers: FolderError if a writer holds the folder now (nothing is created or held)."""
+    path = folder / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # no lock file: no live writer
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise _busy(folder, _holder(path)) from None
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- reading its tables
+# Columns that analysis and check read, by kind. A column not listed is read as pandas infers it.
+TEXT_COLUMNS = ("trial_id", "status", "parameterization", "optimizer", "axis", "fixed", "error", "params_sha256")
+INTEGER_COLUMNS = ("batch_size", "seed", "steps", "examples", "step", "n_seeds", "n_slices", "n_edge",
+                   "reference_batch_size")
+STATUSES = ("ok", "diverged", "failed")
+
+
+def read_table(path: Path, required: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A CSV that hpconj wrote, with its columns checked: FolderError naming the file, the column and
+    the first bad row (as a line number of the file) for a missing column, a value that is not a
+    number where one is expected, a fractional integer, a non-positive lr or an unknown status."""
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise FolderError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FolderError(f"{path}: unreadable ({getattr(exc, 'strerror', None) or exc})") from None
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise FolderError(f"{path}: not a readable CSV table ({str(exc).splitlines()[0]})") from None
+    missing = [c for c in required if c not in raw.columns]
+    if missing:
+        raise FolderError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    frame = pd.DataFrame(index=raw.index)
+    for column in raw.columns:
+        frame[column] = _typed_column(path, column, raw[column])
+    return frame
+
+
+def _typed_column(path: Path, column: str, text: pd.Series) -> pd.Series:
+    if column in TEXT_COLUMNS:
+        if column == "status":
+            bad = ~text.isin(STATUSES)
+            _refuse_first(path, column, text, bad, f"not a trial status ({' | '.join(STATUSES)})")
+        return text.where(text != "", None) if column in ("error", "params_sha256") else text
+    if column in ("at_edge",):
+        bad = ~text.isin(("True", "False"))
+        _refuse_first(path, column, text, bad, "not True or False")
+        return text == "True"
+    values = pd.to_numeric(text.where(text != "", "nan"), errors="coerce")
+    is_nan_text = text.str.strip().str.lower().isin(("", "nan", "na", "<na>"))
+    _refuse_first(path, column, text, values.isna() & ~is_nan_text, "not a number")
+    if column in INTEGER_COLUMNS:
+        fractional = values.notna() & (values != values.round())
+        _refuse_first(path, column, text, fractional, "not a whole number")
+        return values.astype("Int64") if values.isna().any() else values.astype("int64")
+    if column == "lr":
+        _refuse_first(path, column, text, ~(values > 0) | ~pd.Series(values).map(math.isfinite).astype(bool),
+                      "not a positive finite learning rate")
+    return values.astype(float)
+
+
+def _refuse_first(path: Path, column: str, text: pd.Series, bad: pd.Series, what: str) -> None:
+    if bool(bad.any()):
+        row = int(bad.to_numpy().argmax())
+        raise FolderError(f"{path}: column {column}, line {row + 2}: {what} ({text.iloc[row]!r})")
+
+
+TRIAL_REQUIRED = ("trial_id", "status", "parameterization", "optimizer", "lr", "batch_size", "momentum", "seed",
+                  "metric")
+CURVE_REQUIRED = ("trial_id", "step", "examples", "train_loss")
+NOISE_REQUIRED = ("seed", "examples", "trace_sigma", "grad_norm_sq", "b_simple")
+
+
+def read_trials(folder: Path) -> pd.DataFrame:
+    return read_table(folder / "trials.csv", TRIAL_REQUIRED)
+
+
+def read_optional(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+    """A table a folder may lack (curves.csv, noise_scale.csv): empty when absent."""
+    return read_table(path, required) if path.is_file() else pd.DataFrame()
+
+
+def read_config_data(folder: Path) -> dict[str, Any]:
+    """config.yaml as plain data (validated by the caller through hpconj.config)."""
+    path = folder / "config.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise FolderError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FolderError(f"{path}: unreadable ({getattr(exc, 'strerror', None) or exc})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise FolderError(f"{where}: malformed YAML ({getattr(exc, 'problem', None) or exc})") from None
+    if not isinstance(raw, dict):
+        raise FolderError(f"{path}: not a config mapping")
+    return raw
