@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import math
 import os
 import socket
 import sys
+import tempfile
+from collections.abc import Iterable
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -33,7 +36,8 @@ import yaml
 MANIFEST = "manifest.json"
 LOCK_NAME = ".hpconj.lock"
 STORE_FILES = ("store.sqlite", "store.sqlite-wal", "store.sqlite-shm")
-INPUT_FILES = ("trials.csv", "curves.csv", "noise_scale.csv", "config.yaml")  # a sweep's records
+NOISE_FILE = "noise_scale.csv"
+INPUT_FILES = ("trials.csv", "curves.csv", NOISE_FILE, "config.yaml")  # a sweep's records
 ANALYSIS_FILES = ("optima.csv", "shifts.csv", "summary.md")  # what `hpconj plot` derives from them
 OWNED_FILES = (*STORE_FILES, *INPUT_FILES, MANIFEST, *ANALYSIS_FILES)
 FIGURE_SUFFIXES = (".png", ".svg")
@@ -286,3 +290,112 @@ def read_config_data(folder: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise FolderError(f"{path}: not a config mapping")
     return raw
+
+
+# ----------------------------------------------------------------------------- hashes and agreement
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results are for whoever may read the folder
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_hashes(folder: Path, written: Iterable[str], forget: Iterable[str] = ()) -> None:
+    """Record in manifest.json the sha256 of the files just `written` (names relative to `folder`).
+
+    Every other entry stays as recorded, so a file damaged since hpconj wrote it stays reported
+    as damaged: recording is never re-certifying. Entries named in `forget`, and analysis outputs
+    that hpconj itself removed (hpconj.folder.remove_analysis), are dropped.
+    """
+    path = folder / MANIFEST
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    files = dict(manifest.get("files") or {})
+    for name in list(files):
+        derived = name in ANALYSIS_FILES or name.startswith("plots/")
+        if name in forget or (derived and not (folder / name).is_file()):
+            del files[name]
+    for name in written:
+        files[name] = sha256_file(folder / name)
+    manifest["files"] = dict(sorted(files.items()))
+    write_atomic(path, json.dumps(manifest, indent=2) + "\n")
+
+
+def record_problems(folder: Path, manifest: dict[str, Any], trials: pd.DataFrame, config: Any) -> list[str]:
+    """How a folder's records disagree with its manifest, one line each (empty: they agree).
+
+    The records are the sweep's outputs (trials.csv, curves.csv, noise_scale.csv, config.yaml):
+    each must exist and hash as recorded; trials.csv must hold as many rows as the manifest
+    counts trials, with no id twice and only ids the stored config produces; and a sweep the
+    manifest calls complete must have every trial its config plans.
+    """
+    recorded: dict[str, str] = manifest.get("files") or {}
+    problems = []
+    for name in INPUT_FILES:
+        path = folder / name
+        if name in recorded:
+            if not path.is_file():
+                problems.append(f"{name}: missing")
+            elif sha256_file(path) != recorded[name]:
+                problems.append(f"{name}: edited since it was recorded (sha256 differs)")
+        elif path.is_file():
+            problems.append(f"{name}: not recorded in manifest.json")
+    counts = manifest.get("trials") or {}
+    rows = sum(v for k, v in counts.items() if k != "planned" and isinstance(v, int))
+    if counts and rows != len(trials):
+        problems.append(f"trials.csv: {len(trials)} rows, but manifest.json records {rows} trials")
+    doubled = int(trials["trial_id"].duplicated().sum()) if "trial_id" in trials else 0
+    if doubled:
+        problems.append(f"trials.csv: {doubled} trial ids appear more than once")
+    _, foreign, missing = trial_set(config, trials)
+    if foreign:
+        problems.append(f"trials.csv: {len(foreign)} trials not produced by the stored config.yaml (was it edited?)")
+    if missing and manifest.get("status") == "complete":
+        problems.append(f"trials.csv: {len(missing)} trials of the stored config are missing from a complete sweep")
+    return problems
+
+
+def trial_set(config: Any, stored: pd.DataFrame) -> tuple[dict[str, Any], list[str], list[str]]:
+    """(the config's trials by id, stored ids it does not produce, planned ids not stored).
+
+    Trials of lr values or seeds no longer in the grid are still the experiment's when their own
+    fields rebuild their id under the stored config.
+    """
+    from hpconj.trials import expand_trials
+
+    expanded = expand_trials(config)
+    planned = {t.trial_id: t for t in expanded}
+    for _, row in stored[~stored["trial_id"].isin(planned)].iterrows():
+        trial = rebuild_trial(config, row)
+        if trial.trial_id == row["trial_id"]:
+            planned[trial.trial_id] = trial
+    present = set(stored["trial_id"])
+    return planned, sorted(present - set(planned)), sorted({t.trial_id for t in expanded} - present)
+
+
+def rebuild_trial(config: Any, row: pd.Series) -> Any:
+    from hpconj.trials import Trial
+
+    b_ref = row.get("reference_batch_size")
+    b_ref = None if b_ref is None or pd.isna(b_ref) else int(b_ref)
+    return Trial(config.task, config.optimizer, str(row["parameterization"]), float(row["lr"]), int(row["batch_size"]),
+                 float(row["momentum"]), int(row["seed"]), config.budget, b_ref, config.optimizer_settings)

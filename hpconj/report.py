@@ -24,9 +24,7 @@ from hpconj.analysis import (
 )
 from hpconj.config import ConfigError, config_from_dict
 from hpconj.folder import (CURVE_REQUIRED, NOISE_REQUIRED, FolderError, read_config_data, read_manifest, read_optional,
-                           read_trials, writer_lock)
-from hpconj.repro import record_hashes, record_problems
-from hpconj.store import NOISE_FILE, write_atomic
+                           NOISE_FILE, read_trials, record_hashes, record_problems, write_atomic, writer_lock)
 
 
 class ReportError(ValueError):

@@ -12,8 +12,6 @@ their docstrings and in the README. Each difference of environment is printed as
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import math
 import os
 import platform
@@ -31,11 +29,11 @@ import hpconj
 from hpconj.analysis import best_grid_lr, optima, shifts
 from hpconj.config import Config, config_from_dict
 from hpconj.engine.base import tensors_digest
-from hpconj.folder import (ANALYSIS_FILES, CURVE_REQUIRED, INPUT_FILES, MANIFEST, FolderError, read_config_data,
-                           read_optional, read_table, read_trials)
+from hpconj.folder import (CURVE_REQUIRED, FolderError, read_config_data, read_optional, read_table, read_trials,
+                           sha256_file, trial_set)
 from hpconj.folder import read_manifest as folder_manifest
-from hpconj.store import TRIAL_COLUMNS, trials_table, write_atomic
-from hpconj.trials import Trial, expand_trials
+from hpconj.store import TRIAL_COLUMNS, trials_table
+from hpconj.trials import Trial
 
 SLICE_KEYS = ["parameterization", "optimizer", "batch_size", "momentum"]
 COMPARED = ("status", "train_loss", "val_loss", "val_error", "metric", "steps", "examples")
@@ -61,34 +59,6 @@ def apply_determinism(device: torch.device | None = None) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- hashes
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def record_hashes(folder: Path, written: Iterable[str], forget: Iterable[str] = ()) -> None:
-    """Record in manifest.json the sha256 of the files just `written` (names relative to `folder`).
-
-    Every other entry stays as recorded, so a file damaged since hpconj wrote it stays reported
-    as damaged: recording is never re-certifying. Entries named in `forget`, and analysis outputs
-    that hpconj itself removed (hpconj.folder.remove_analysis), are dropped.
-    """
-    path = folder / MANIFEST
-    manifest = json.loads(path.read_text()) if path.is_file() else {}
-    files = dict(manifest.get("files") or {})
-    for name in list(files):
-        derived = name in ANALYSIS_FILES or name.startswith("plots/")
-        if name in forget or (derived and not (folder / name).is_file()):
-            del files[name]
-    for name in written:
-        files[name] = sha256_file(folder / name)
-    manifest["files"] = dict(sorted(files.items()))
-    write_atomic(path, json.dumps(manifest, indent=2) + "\n")
-
-
 def read_manifest(folder: Path) -> dict[str, Any]:
     if not folder.is_dir():
         raise CheckError(f"{folder}: no such results folder")
@@ -96,43 +66,6 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         return folder_manifest(folder)
     except FolderError as exc:
         raise CheckError(str(exc)) from None
-
-
-def record_problems(folder: Path, manifest: dict[str, Any], trials: pd.DataFrame, config: Config) -> list[str]:
-    """How a folder's records disagree with its manifest, one line each (empty: they agree).
-
-    The records are the sweep's outputs (trials.csv, curves.csv, noise_scale.csv, config.yaml):
-    each must exist and hash as recorded; trials.csv must hold as many rows as the manifest
-    counts trials, with no id twice and only ids the stored config produces; and a sweep the
-    manifest calls complete must have every trial its config plans.
-    """
-    recorded: dict[str, str] = manifest.get("files") or {}
-    problems = []
-    for name in INPUT_FILES:
-        path = folder / name
-        if name in recorded:
-            if not path.is_file():
-                problems.append(f"{name}: missing")
-            elif sha256_file(path) != recorded[name]:
-                problems.append(f"{name}: edited since it was recorded (sha256 differs)")
-        elif path.is_file():
-            problems.append(f"{name}: not recorded in manifest.json")
-    counts = manifest.get("trials") or {}
-    rows = sum(v for k, v in counts.items() if k != "planned" and isinstance(v, int))
-    if counts and rows != len(trials):
-        problems.append(f"trials.csv: {len(trials)} rows, but manifest.json records {rows} trials")
-    doubled = int(trials["trial_id"].duplicated().sum()) if "trial_id" in trials else 0
-    if doubled:
-        problems.append(f"trials.csv: {doubled} trial ids appear more than once")
-    report = CheckReport()
-    compare_ids(config, trials, report, folder)
-    for where, _, stored, now, _ in report.differences:
-        if now != "missing":
-            problems.append(f"{where}: {stored} {now}")
-    missing = sum(1 for d in report.differences if d[3] == "missing")
-    if missing and manifest.get("status") == "complete":
-        problems.append(f"trials.csv: {missing} trials of the stored config are missing from a complete sweep")
-    return problems
 
 
 def integrity_problems(folder: Path) -> list[str]:
@@ -309,28 +242,13 @@ def load_stored(folder: Path) -> tuple[Config, pd.DataFrame, pd.DataFrame]:
 
 def compare_ids(config: Config, stored: pd.DataFrame, report: CheckReport, folder: Path) -> dict[str, Trial]:
     """Every stored trial must be one the stored config asks for, and none may be missing."""
-    planned = {t.trial_id: t for t in expand_trials(config)}
-    # trials of lr values or seeds no longer in the grid are still this experiment's when their
-    # own fields rebuild their id under the stored config
-    for _, row in stored[~stored["trial_id"].isin(planned)].iterrows():
-        trial = rebuild_trial(config, row)
-        if trial.trial_id == row["trial_id"]:
-            planned[trial.trial_id] = trial
-    present = set(stored["trial_id"])
-    foreign = sorted(present - set(planned))
+    planned, foreign, missing = trial_set(config, stored)
     if foreign:
         report.add("config.yaml", "trial ids", f"{len(foreign)} trials of trials.csv",
                    "not produced by the stored config (was it edited?)")
-    for trial_id in sorted(set(t.trial_id for t in expand_trials(config)) - present):
+    for trial_id in missing:
         report.add(f"trials.csv trial {trial_id}", "row", "expected by the config", "missing")
     return planned
-
-
-def rebuild_trial(config: Config, row: pd.Series) -> Trial:
-    b_ref = row.get("reference_batch_size")
-    b_ref = None if b_ref is None or pd.isna(b_ref) else int(b_ref)
-    return Trial(config.task, config.optimizer, str(row["parameterization"]), float(row["lr"]), int(row["batch_size"]),
-                 float(row["momentum"]), int(row["seed"]), config.budget, b_ref, config.optimizer_settings)
 
 
 def compare_results(stored: pd.DataFrame, rerun: pd.DataFrame, stored_curves: pd.DataFrame, rerun_curves: pd.DataFrame,

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sqlite3
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 import pandas as pd
 
 from hpconj.engine.base import TrialResult
+from hpconj.folder import NOISE_FILE, write_atomic
 from hpconj.noise import NoiseEstimate
 from hpconj.trials import Trial
 
@@ -30,7 +29,6 @@ TRIAL_COLUMNS = [
 ]
 _SORT = ["parameterization", "optimizer", "batch_size", "momentum", "lr", "seed"]
 NOISE_COLUMNS = ["seed", "examples", "trace_sigma", "grad_norm_sq", "b_simple"]
-NOISE_FILE = "noise_scale.csv"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -180,25 +178,6 @@ def trials_table(frame: pd.DataFrame, metric_name: str) -> pd.DataFrame:
     frame["reference_batch_size"] = frame["reference_batch_size"].astype("Int64")
     frame = frame.sort_values(_SORT, kind="stable").reset_index(drop=True)
     return frame[TRIAL_COLUMNS]
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results are for whoever may read the folder
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def export_csv(store: Store, folder: Path, metric_name: str) -> tuple[Path, Path]:

@@ -31,10 +31,10 @@ from hpconj.config import Config
 from hpconj.engine import TrialResult
 from hpconj.executor import LocalExecutor, split_units
 from hpconj.folder import (INPUT_FILES, MANIFEST, STORE_FILES, FolderError, check_writable_here, read_manifest,
-                           remove_analysis, writer_lock)
+                           record_hashes, remove_analysis, write_atomic, writer_lock)
 from hpconj.noise import measure_noise_scale, noise_examples
-from hpconj.repro import apply_determinism, arithmetic_fingerprint, record_hashes
-from hpconj.store import Store, StoreError, export_csv, export_noise_csv, write_atomic
+from hpconj.repro import apply_determinism, arithmetic_fingerprint
+from hpconj.store import Store, StoreError, export_csv, export_noise_csv
 from hpconj.tasks import Task, TaskError, build_task
 from hpconj.trials import Cohort, Trial, expand_trials, group_cohorts
 

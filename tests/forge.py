@@ -30,7 +30,7 @@ def scaled_conjugate(config: str, out: str) -> int:
 
 
 def worse_slice(out: str) -> None:
-    from hpconj.repro import sha256_file
+    from hpconj.folder import sha256_file
 
     folder = Path(out)
     trials = pd.read_csv(folder / "trials.csv")

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_here
 
 COMMITTED = ["quickstart", "nqm_batch", "mlp_momentum", "adam_batch", "mcallester"]
 FORGE = Path(__file__).with_name("forge.py")
@@ -52,7 +52,10 @@ def recorded_elsewhere(folder: Path) -> None:
 
 
 def _check(folder: Path, **env: str) -> subprocess.CompletedProcess:
-    return run_cli("check", str(folder), "--trials", "10%", env=env or None)
+    """check --trials 10%; in a new process where the environment must differ (kernels pinned)."""
+    if env:
+        return run_cli("check", str(folder), "--trials", "10%", env=env)
+    return run_here("check", str(folder), "--trials", "10%")
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +65,12 @@ def sweeps(tmp_path_factory) -> dict[str, Path]:
     config = base / "forged.yaml"
     config.write_text(yaml.safe_dump(CONFIG, sort_keys=False))
     honest, forged = base / "honest", base / "forged"
-    assert run_cli("sweep", str(config), "--out", str(honest), "--quiet").returncode == 0
+    assert run_here("sweep", str(config), "--out", str(honest), "--quiet").returncode == 0
     proc = subprocess.run([sys.executable, str(FORGE), "lr-scale", str(config), str(forged)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     for folder in (honest, forged):
-        assert run_cli("plot", str(folder)).returncode == 0
+        assert run_here("plot", str(folder)).returncode == 0
     return {"honest": honest, "forged": forged}
 
 
@@ -92,7 +95,7 @@ def test_honest_results_reproduce_on_another_machine(copies):
 
 def test_a_scaled_conjugate_lr_is_caught_on_this_and_another_machine(copies):
     folder = copies["forged"]
-    assert run_cli("check", str(folder), "--integrity").returncode == 0  # the hashes match: only a re-run tells
+    assert run_here("check", str(folder), "--integrity").returncode == 0  # the hashes match: only a re-run tells
     same = _check(folder)
     assert same.returncode == 1 and "bit-equal" in same.stdout and "does not reproduce" in same.stdout
     recorded_elsewhere(folder)
@@ -107,7 +110,7 @@ def test_one_slice_twenty_percent_worse_is_caught_on_this_and_another_machine(co
     proc = subprocess.run([sys.executable, str(FORGE), "worse-slice", str(folder)], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert run_cli("check", str(folder), "--integrity").returncode == 0
+    assert run_here("check", str(folder), "--integrity").returncode == 0
     assert _check(folder).returncode == 1
     recorded_elsewhere(folder)
     for env in ({}, narrower_kernels()):

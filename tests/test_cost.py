@@ -168,7 +168,7 @@ def test_plan_sweep_refuses_before_expanding(write_config, monkeypatch) -> None:
         raise AssertionError("a sweep above the limit must be refused before it is expanded")
 
     monkeypatch.setattr(sweep, "expand_trials", no_expansion)
-    with pytest.raises(cost.SweepTooLarge) as caught:
+    with pytest.raises(sweep.SweepTooLarge) as caught:
         sweep.plan_sweep(config, task)
     assert isinstance(caught.value, sweep.SweepError)  # so the CLI reports it as bad input, exit 2
     assert caught.value.cost.trials == 10**7 and caught.value.cost.too_many_trials
@@ -178,7 +178,7 @@ def test_an_estimate_above_a_week_is_refused_unless_yes(write_config, monkeypatc
     config = load_config(write_config())
     task = sweep.load_task(config)
     monkeypatch.setattr(cost, "probe_step_seconds", lambda _task, sizes: {b: 1e4 for b in sizes})
-    with pytest.raises(cost.SweepTooLarge) as caught:
+    with pytest.raises(sweep.SweepTooLarge) as caught:
         sweep.plan_sweep(config, task)
     message = str(caught.value)
     assert message.startswith("sweep: 48 trials (") and "days on this machine" in message

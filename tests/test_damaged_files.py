@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import copied, plotted_sweep, refusal, run_cli
-from hpconj.repro import sha256_file
+from conftest import copied, plotted_sweep, refusal, run_here
+from hpconj.folder import sha256_file
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -56,19 +56,19 @@ def test_truncated_trials_are_refused_and_not_laundered(copy):
     lines = (copy / "trials.csv").read_text().splitlines(keepends=True)
     (copy / "trials.csv").write_text("".join(lines[: 1 + (len(lines) - 1) // 2]))
     before = analysis_bytes(copy)
-    line = refusal(run_cli("plot", str(copy)), "do not match manifest.json", "nothing written")
+    line = refusal(run_here("plot", str(copy)), "do not match manifest.json", "nothing written")
     assert "trials.csv" in line
     assert analysis_bytes(copy) == before
-    assert run_cli("check", str(copy), "--integrity").returncode == 1
-    refusal(run_cli("table", str(copy)), "do not match manifest.json")
+    assert run_here("check", str(copy), "--integrity").returncode == 1
+    refusal(run_here("table", str(copy)), "do not match manifest.json")
 
-    accepted = run_cli("plot", str(copy), "--accept-unverified")
+    accepted = run_here("plot", str(copy), "--accept-unverified")
     assert accepted.returncode == 0, accepted.stderr
     summary = (copy / "summary.md").read_text()
     assert "Unverified results" in summary
     assert "trials.csv: edited since it was recorded" in summary
     assert "trials.csv: 24 rows, but manifest.json records 48 trials" in summary
-    integrity = run_cli("check", str(copy), "--integrity")
+    integrity = run_here("check", str(copy), "--integrity")
     assert integrity.returncode == 1 and "trials.csv" in integrity.stdout  # still damaged: not re-certified
 
 
@@ -81,10 +81,10 @@ def test_a_malformed_cell_is_named_by_file_column_and_line(copy, column, value):
     # the column typing is shared by every reader: all commands for one column, the two
     # different readers (report's and check's) for the others
     if column == "lr":
-        refusal(run_cli("plot", str(copy)), *needles)
-        refusal(run_cli("table", str(copy)), *needles)
-    refusal(run_cli("plot", str(copy), "--accept-unverified"), *needles)  # a malformed table is never analysed
-    refusal(run_cli("check", str(copy), "--trials", "1"), *needles)
+        refusal(run_here("plot", str(copy)), *needles)
+        refusal(run_here("table", str(copy)), *needles)
+    refusal(run_here("plot", str(copy), "--accept-unverified"), *needles)  # a malformed table is never analysed
+    refusal(run_here("check", str(copy), "--trials", "1"), *needles)
     assert snapshot(copy) == before
 
 
@@ -93,10 +93,10 @@ def test_truncated_manifest_is_named_and_nothing_changes(copy):
     manifest = copy / "manifest.json"
     manifest.write_bytes(manifest.read_bytes()[:100])
     before = snapshot(copy)
-    refusal(run_cli("plot", str(copy)), "manifest.json")
-    refusal(run_cli("table", str(copy)), "manifest.json")
-    refusal(run_cli("check", str(copy), "--integrity"), "manifest.json")
-    refusal(run_cli("check", str(copy), "--trials", "1"), "manifest.json")
+    refusal(run_here("plot", str(copy)), "manifest.json")
+    refusal(run_here("table", str(copy)), "manifest.json")
+    refusal(run_here("check", str(copy), "--integrity"), "manifest.json")
+    refusal(run_here("check", str(copy), "--trials", "1"), "manifest.json")
     assert snapshot(copy) == before
 
 
@@ -105,9 +105,9 @@ def test_truncated_manifest_is_named_and_nothing_changes(copy):
 def test_unreadable_trials_file_is_one_line(copy, content):
     (copy / "trials.csv").write_bytes(content)
     before = snapshot(copy)
-    refusal(run_cli("plot", str(copy)), "trials.csv")
-    refusal(run_cli("table", str(copy)), "trials.csv")
-    refusal(run_cli("check", str(copy), "--trials", "1"), "trials.csv")
+    refusal(run_here("plot", str(copy)), "trials.csv")
+    refusal(run_here("table", str(copy)), "trials.csv")
+    refusal(run_here("check", str(copy), "--trials", "1"), "trials.csv")
     assert snapshot(copy) == before
 
 
@@ -121,13 +121,13 @@ def test_forged_trials_with_a_row_deleted_are_caught_by_their_count(copy):
     manifest["files"]["trials.csv"] = sha256_file(copy / "trials.csv")
     (copy / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     before = analysis_bytes(copy)
-    refusal(run_cli("plot", str(copy)), "47 rows, but manifest.json records 48", "nothing written")
+    refusal(run_here("plot", str(copy)), "47 rows, but manifest.json records 48", "nothing written")
     assert analysis_bytes(copy) == before
 
 
 # ----------------------------------------------------------------------------- 6: check's words
 def test_integrity_of_a_clean_folder_says_intact(copy):
-    proc = run_cli("check", str(copy), "--integrity")
+    proc = run_here("check", str(copy), "--integrity")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "intact" in proc.stdout and "reproduces" not in proc.stdout
 
@@ -140,7 +140,7 @@ def test_differences_table_shows_plain_numbers(copy):
     optima = pd.read_csv(copy / "optima.csv")
     optima.loc[1, "lr_opt"] *= 1.5
     optima.to_csv(copy / "optima.csv", index=False)
-    proc = run_cli("check", str(copy), "--trials", "all")
+    proc = run_here("check", str(copy), "--trials", "all")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "does not reproduce" in proc.stdout and "val_loss" in proc.stdout and "lr_opt" in proc.stdout
     assert "np.float64(" not in proc.stdout and "np.int64(" not in proc.stdout
@@ -150,7 +150,7 @@ def test_differences_table_shows_plain_numbers(copy):
 def test_malformed_config_yaml_is_named(copy):
     (copy / "config.yaml").write_text("name: tiny\nsweep: [unclosed\nbudget: {epochs: 2}\n")
     before = snapshot(copy)
-    refusal(run_cli("plot", str(copy)), "config.yaml")
-    refusal(run_cli("table", str(copy)), "config.yaml")
-    refusal(run_cli("check", str(copy), "--trials", "1"), "config.yaml")
+    refusal(run_here("plot", str(copy)), "config.yaml")
+    refusal(run_here("table", str(copy)), "config.yaml")
+    refusal(run_here("check", str(copy), "--trials", "1"), "config.yaml")
     assert snapshot(copy) == before

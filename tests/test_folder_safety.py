@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, TINY, copied, plotted_sweep, refusal, run_cli
+from conftest import ROOT, TINY, copied, plotted_sweep, refusal, run_here
 
 BUSY = "in use by another hpconj command"
 FIGURE_SUFFIXES = (".png", ".svg")
@@ -67,10 +67,10 @@ def tiny_config(tmp_path: Path, name: str = "tiny.yaml", **changes) -> Path:
 def test_a_users_folder_is_refused_and_left_alone(tmp_path):
     folder = user_folder(tmp_path / "mine")
     before, names = snapshot(folder), listing(folder)
-    proc = run_cli("sweep", str(tiny_config(tmp_path)), "--out", str(folder), "--quiet")
+    proc = run_here("sweep", str(tiny_config(tmp_path)), "--out", str(folder), "--quiet")
     refusal(proc, "not a results folder of hpconj")
     assert listing(folder) == names and snapshot(folder) == before
-    fresh = run_cli("sweep", str(tiny_config(tmp_path)), "--out", str(folder), "--fresh", "--quiet")
+    fresh = run_here("sweep", str(tiny_config(tmp_path)), "--out", str(folder), "--fresh", "--quiet")
     refusal(fresh, "not a results folder of hpconj")  # --fresh deletes nothing of a user's
     assert listing(folder) == names and snapshot(folder) == before
 
@@ -79,7 +79,7 @@ def test_plot_writes_nothing_into_a_folder_hpconj_did_not_make(plotted, tmp_path
     folder = user_folder(tmp_path / "mine")
     shutil.copy(plotted / "trials.csv", folder / "trials.csv")  # records, but no manifest.json of hpconj
     before, names = snapshot(folder), listing(folder)
-    refusal(run_cli("plot", str(folder)), "manifest.json")
+    refusal(run_here("plot", str(folder)), "manifest.json")
     assert listing(folder) == names and snapshot(folder) == before
 
 
@@ -87,7 +87,7 @@ def test_out_dot_in_a_users_folder_is_refused_and_left_alone(tmp_path):
     folder = user_folder(tmp_path / "mine")
     before, names = snapshot(folder), listing(folder)
     # the user sweeps their own config into the folder they are in
-    proc = run_cli("sweep", "config.yaml", "--out", ".", "--quiet", cwd=folder)
+    proc = run_here("sweep", "config.yaml", "--out", ".", "--quiet", cwd=folder)
     refusal(proc, "not a results folder of hpconj")
     assert listing(folder) == names and snapshot(folder) == before
 
@@ -96,7 +96,7 @@ def test_a_users_folder_with_a_damaged_manifest_is_refused(tmp_path):
     folder = user_folder(tmp_path / "mine")
     (folder / "manifest.json").write_text('{"name": "my own manifest"}\n')
     before = snapshot(folder)
-    proc = run_cli("sweep", str(tiny_config(tmp_path)), "--out", str(folder), "--quiet")
+    proc = run_here("sweep", str(tiny_config(tmp_path)), "--out", str(folder), "--quiet")
     refusal(proc, "not a results folder of hpconj")
     assert snapshot(folder) == before
 
@@ -104,12 +104,12 @@ def test_a_users_folder_with_a_damaged_manifest_is_refused(tmp_path):
 def test_new_and_empty_folders_are_accepted(tmp_path):
     config = tiny_config(tmp_path, budget={"epochs": 1}, sweep={**TINY["sweep"], "lr": {"values": [0.1]}})
     new = tmp_path / "new" / "deeper"
-    proc = run_cli("sweep", str(config), "--out", str(new), "--quiet")
+    proc = run_here("sweep", str(config), "--out", str(new), "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert (new / "manifest.json").is_file() and (new / "trials.csv").is_file()
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = run_cli("sweep", str(config), "--out", str(empty), "--quiet")
+    proc = run_here("sweep", str(config), "--out", str(empty), "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert (empty / "manifest.json").is_file() and (empty / "trials.csv").is_file()
     assert not (new / ".hpconj.lock").exists() and not (empty / ".hpconj.lock").exists()
@@ -133,7 +133,7 @@ def test_rerun_that_adds_trials_removes_only_hpconjs_analysis(results, tmp_path)
     assert _hpconj_figures(results), "the fixture should have figures"
     mine = _add_user_files(results)
     more = tiny_config(tmp_path, "more.yaml", sweep={**TINY["sweep"], "lr": {"values": [0.01, 0.1, 0.3, 1000.0]}})
-    proc = run_cli("sweep", str(more), "--out", str(results))
+    proc = run_here("sweep", str(more), "--out", str(results))
     assert proc.returncode == 0, proc.stderr
     assert "16 trials run, 48 already done" in words(proc.stdout)
     assert _hpconj_figures(results) == []
@@ -146,7 +146,7 @@ def test_rerun_that_adds_trials_removes_only_hpconjs_analysis(results, tmp_path)
 
 def test_fresh_removes_only_hpconjs_files(results, tmp_path):
     mine = _add_user_files(results)
-    proc = run_cli("sweep", str(tiny_config(tmp_path)), "--out", str(results), "--fresh")
+    proc = run_here("sweep", str(tiny_config(tmp_path)), "--out", str(results), "--fresh")
     assert proc.returncode == 0, proc.stderr
     assert "48 trials run, 0 already done" in words(proc.stdout)
     assert _hpconj_figures(results) == []
@@ -179,12 +179,12 @@ def test_a_held_folder_refuses_writers_and_a_killed_holder_releases_it(results, 
     holder = _hold_lock(results)
     try:
         pid = f"pid {holder.pid}"
-        refusal(run_cli("sweep", str(config), "--out", str(results), "--quiet"), BUSY, pid)
-        refusal(run_cli("sweep", str(config), "--out", str(results), "--fresh", "--quiet"), BUSY, pid)
-        refusal(run_cli("plot", str(results)), BUSY, pid)
+        refusal(run_here("sweep", str(config), "--out", str(results), "--quiet"), BUSY, pid)
+        refusal(run_here("sweep", str(config), "--out", str(results), "--fresh", "--quiet"), BUSY, pid)
+        refusal(run_here("plot", str(results)), BUSY, pid)
         # readers are refused too while a writer holds the folder
-        refusal(run_cli("table", str(results)), BUSY, pid)
-        refusal(run_cli("check", str(results), "--integrity"), BUSY, pid)
+        refusal(run_here("table", str(results)), BUSY, pid)
+        refusal(run_here("check", str(results), "--integrity"), BUSY, pid)
         now = snapshot(results)
         assert now.pop(".hpconj.lock")  # the holder's name, for the messages above
         assert now == before  # store.sqlite, trials.csv and every other file unchanged
@@ -195,7 +195,7 @@ def test_a_held_folder_refuses_writers_and_a_killed_holder_releases_it(results, 
             holder.kill()
             holder.wait()
     assert (results / ".hpconj.lock").exists()  # left behind by the killed holder...
-    proc = run_cli("sweep", str(config), "--out", str(results), "--fresh", "--quiet")
+    proc = run_here("sweep", str(config), "--out", str(results), "--fresh", "--quiet")
     assert proc.returncode == 0, proc.stderr  # ...and taken over
     assert _trial_count(results) == 48
     assert not (results / ".hpconj.lock").exists()
@@ -235,6 +235,6 @@ def test_two_sweeps_at_once_train_each_trial_once(tmp_path):
 def test_folder_of_another_experiment_is_refused_and_unchanged(results, tmp_path):
     before = snapshot(results)
     other = tiny_config(tmp_path, "other.yaml", budget={"epochs": 3})
-    proc = run_cli("sweep", str(other), "--out", str(results), "--quiet")
+    proc = run_here("sweep", str(other), "--out", str(results), "--quiet")
     refusal(proc, "different experiment")
     assert snapshot(results) == before

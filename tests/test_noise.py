@@ -22,7 +22,7 @@ from hpconj.analysis import mean_noise_scale, noise_summary
 from hpconj.config import QuadraticTask, config_from_dict, load_config
 from hpconj.noise import exact_noise_scale, gradient_noise_scale, measure_noise_scale, noise_batch, noise_examples
 from hpconj.report import analyse, load_results, write_tables
-from hpconj.repro import sha256_file
+from hpconj.folder import sha256_file
 from hpconj.store import NOISE_COLUMNS, Store
 from hpconj.sweep import measure_noise
 from hpconj.tasks import build_task

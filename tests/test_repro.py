@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, copied, plotted_sweep, run_cli
+from conftest import ROOT, copied, plotted_sweep, run_here
 from hpconj.repro import (CheckReport, arithmetic_fingerprint, compare_ids, environment, environment_differences,
                           load_stored, system_family)
 
@@ -39,14 +39,14 @@ def _lines(proc) -> str:
 
 
 def test_fresh_sweep_reproduces_bit_for_bit(finished):
-    proc = run_cli("check", str(finished), "--trials", "all")
+    proc = run_here("check", str(finished), "--trials", "all")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "64 of 64 trials re-run (cohort engine, bit-equal)" in _lines(proc)
-    assert run_cli("check", str(finished), "--integrity").returncode == 0
+    assert run_here("check", str(finished), "--integrity").returncode == 0
 
 
 def test_other_workers_and_chunking_still_reproduce(finished):
-    proc = run_cli("check", str(finished), "--trials", "25%", "--workers", "1", "--chunk-size", "3")
+    proc = run_here("check", str(finished), "--trials", "25%", "--workers", "1", "--chunk-size", "3")
     assert proc.returncode == 0, proc.stdout
     assert "bit-equal" in proc.stdout
 
@@ -56,9 +56,9 @@ def test_edited_metric_is_caught(copy):
     victim = trials[trials["status"] == "ok"].iloc[3]
     trials.loc[trials["trial_id"] == victim["trial_id"], ["val_loss", "metric"]] = 0.001
     trials.to_csv(copy / "trials.csv", index=False)
-    integrity = run_cli("check", str(copy), "--integrity")
+    integrity = run_here("check", str(copy), "--integrity")
     assert integrity.returncode == 1 and "trials.csv" in integrity.stdout and "edited" in integrity.stdout
-    proc = run_cli("check", str(copy), "--trials", "all")
+    proc = run_here("check", str(copy), "--trials", "all")
     assert proc.returncode == 1
     assert victim["trial_id"] in proc.stdout and "val_loss" in proc.stdout and "does not reproduce" in proc.stdout
 
@@ -67,7 +67,7 @@ def test_deleted_trial_is_caught(copy):
     trials = pd.read_csv(copy / "trials.csv")
     victim = trials.iloc[10]["trial_id"]
     trials[trials["trial_id"] != victim].to_csv(copy / "trials.csv", index=False)
-    proc = run_cli("check", str(copy), "--trials", "5")
+    proc = run_here("check", str(copy), "--trials", "5")
     assert proc.returncode == 1
     assert victim in proc.stdout and "missing" in proc.stdout and "trials.csv" in proc.stdout
 
@@ -76,7 +76,7 @@ def test_changed_optimum_is_caught(copy):
     optima = pd.read_csv(copy / "optima.csv")
     optima.loc[2, "lr_opt"] *= 1.5
     optima.to_csv(copy / "optima.csv", index=False)
-    proc = run_cli("check", str(copy), "--trials", "10%")
+    proc = run_here("check", str(copy), "--trials", "10%")
     assert proc.returncode == 1
     text = _lines(proc)
     assert "optima.csv" in text and "lr_opt" in text
@@ -86,7 +86,7 @@ def test_changed_config_value_is_caught(copy):
     config = yaml.safe_load((copy / "config.yaml").read_text())
     config["budget"]["epochs"] = 3.0
     (copy / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    proc = run_cli("check", str(copy), "--trials", "5")
+    proc = run_here("check", str(copy), "--trials", "5")
     assert proc.returncode == 1
     assert "first: config.yaml" in _lines(proc)
     # the trial ids no longer match: every stored trial is foreign to the edited config
@@ -97,25 +97,25 @@ def test_changed_config_value_is_caught(copy):
 
 
 def test_bad_input_is_exit_2(tmp_path, copy):
-    assert run_cli("check", str(tmp_path / "nothing")).returncode == 2
+    assert run_here("check", str(tmp_path / "nothing")).returncode == 2
     (copy / "config.yaml").write_text("optimizer: adam\n")
-    proc = run_cli("check", str(copy), "--trials", "1")
+    proc = run_here("check", str(copy), "--trials", "1")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    bad_sample = run_cli("check", str(copy), "--trials", "lots")
+    bad_sample = run_here("check", str(copy), "--trials", "lots")
     assert bad_sample.returncode == 2 and "--trials" in bad_sample.stderr
 
 
 @pytest.mark.parametrize("name", COMMITTED)
 def test_committed_reference_results_are_intact(name):
     folder = ROOT / "results" / "reference" / name
-    proc = run_cli("check", str(folder), "--integrity")
+    proc = run_here("check", str(folder), "--integrity")
     assert proc.returncode == 0, proc.stdout
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["status"] == "complete" and "summary.md" in manifest["files"]
 
 
 def test_committed_mlp_momentum_reproduces_on_a_sample():
-    proc = run_cli("check", str(ROOT / "results" / "reference" / "mlp_momentum"), "--trials", "10%")
+    proc = run_here("check", str(ROOT / "results" / "reference" / "mlp_momentum"), "--trials", "10%")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "reproduces" in proc.stdout
 
@@ -125,7 +125,7 @@ def test_committed_adaptive_results_reproduce_on_a_sample():
     (within check's tolerance on a machine whose arithmetic differs from the recording one's)."""
     for name, share in (("adam_batch", "2%"), ("mcallester", "5%")):
         folder = ROOT / "results" / "reference" / name
-        proc = run_cli("check", str(folder), "--trials", share)
+        proc = run_here("check", str(folder), "--trials", share)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "reproduces" in proc.stdout
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -176,6 +176,6 @@ def test_folder_rerun_with_a_smaller_grid_still_checks(copy, tmp_path):
 
     smaller = tmp_path / "smaller.yaml"
     smaller.write_text(yaml.safe_dump({**TINY, "sweep": {**TINY["sweep"], "lr": {"values": [0.01, 0.1]}}}))
-    assert run_cli("sweep", str(smaller), "--out", str(copy), "--quiet").returncode == 0
-    proc = run_cli("check", str(copy), "--trials", "10%")
+    assert run_here("sweep", str(smaller), "--out", str(copy), "--quiet").returncode == 0
+    proc = run_here("check", str(copy), "--trials", "10%")
     assert proc.returncode == 0, proc.stdout
