@@ -95,7 +95,6 @@ class SweepCost:
                 f"{self.limit_text()}; pass --yes to run it anyway")
 
 
-
 def trials_per_batch_size(config: Config) -> int:
     """Trials sharing one batch size: parameterizations × momenta × seeds × learning rates."""
     return len(config.parameterizations) * len(config.sweep.momentum) * len(config.seeds) * len(config.lrs)
