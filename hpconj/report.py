@@ -24,7 +24,8 @@ from hpconj.analysis import (
 )
 from hpconj.config import ConfigError, config_from_dict
 from hpconj.folder import (CURVE_REQUIRED, NOISE_REQUIRED, FolderError, read_config_data, read_manifest, read_optional,
-                           NOISE_FILE, read_trials, record_hashes, record_problems, write_atomic, writer_lock)
+                           NOISE_FILE, read_trials, record_hashes, record_problems, refuse_if_busy, write_atomic,
+                           writer_lock)
 
 
 class ReportError(ValueError):
@@ -63,6 +64,7 @@ def result_folders(paths: list[Path]) -> list[Path]:
             continue
         inside = sorted(p.parent for p in path.glob("*/trials.csv"))
         if not inside:
+            refuse_if_busy(path)  # a sweep writes trials.csv when it ends
             raise ReportError(f"{path}: no trials.csv here or in its sub-folders (run hpconj sweep first)")
         found.extend(inside)
     return found
