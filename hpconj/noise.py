@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -35,6 +34,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from hpconj.config import QuadraticTask
 from hpconj.engine.base import EXAMPLE_GRADIENT_FLOATS
+from hpconj.records import NoiseEstimate
 from hpconj.tasks.base import LossOf, Task, example_gradients
 from hpconj.tasks.quadratic import curvatures
 from hpconj.tasks.supervised import SupervisedTask
@@ -49,17 +49,6 @@ NOISE_STREAM_OFFSET = 7_777_777
 examples of the same distribution, never the ones a trial of the seed trains on."""
 
 Method = Literal["auto", "vmap", "loop"]
-
-
-@dataclass(frozen=True)
-class NoiseEstimate:
-    """B_simple of one seed's initial model, from `examples` per-example gradients."""
-
-    seed: int
-    examples: int
-    trace_sigma: float  # tr Σ̂
-    grad_norm_sq: float  # |G|²̂ (unbiased; may be ≤ 0 when the signal is below the noise)
-    b_simple: float  # tr Σ̂ / |G|²̂, +inf when |G|²̂ ≤ 0
 
 
 def _length(batch: Any) -> int:

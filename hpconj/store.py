@@ -11,11 +11,11 @@ import math
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
+
 import pandas as pd
 
-from hpconj.engine.base import TrialResult
 from hpconj.folder import NOISE_FILE, write_atomic
-from hpconj.noise import NoiseEstimate
+from hpconj.records import NoiseEstimate, TrialResult
 from hpconj.trials import Trial
 
 STORE_NAME = "store.sqlite"

@@ -12,13 +12,13 @@ import math
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 from torch import nn
 
 from hpconj.tasks import Task
+from hpconj.records import TrialResult
 from hpconj.trials import Trial
 
 DIVERGENCE_FACTOR = 100.0  # a loss above 100× its initial value counts as diverged
@@ -26,36 +26,6 @@ CURVE_POINTS = 50
 # Per-example gradients held at once (chunks of examples × parameters), wherever they are taken
 # (per-example second moments, the gradient noise scale): 64 MiB of float32.
 EXAMPLE_GRADIENT_FLOATS = 1 << 24
-
-
-@dataclass(frozen=True)
-class CurvePoint:
-    step: int
-    examples: int
-    train_loss: float
-
-
-@dataclass(frozen=True)
-class TrialResult:
-    trial_id: str
-    status: str  # ok | diverged | failed
-    train_loss: float
-    val_loss: float
-    val_error: float
-    steps: int  # steps actually taken
-    examples: int
-    wall_s: float
-    curve: tuple[CurvePoint, ...] = field(repr=False)
-    error: str | None = None
-    params_sha256: str | None = None
-
-    def metric(self, name: str) -> float:
-        """The configured metric: +inf when diverged, NaN when failed."""
-        if self.status == "diverged":
-            return math.inf
-        if self.status == "failed":
-            return math.nan
-        return float(getattr(self, name))
 
 
 class Engine(Protocol):

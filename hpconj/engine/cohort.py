@@ -41,7 +41,8 @@ from torch.func import functional_call, grad, grad_and_value, stack_module_state
 from torch.utils._pytree import tree_flatten, tree_map
 
 from hpconj.engine import base as engine_base
-from hpconj.engine.base import CurvePoint, TrialResult, curve_steps, failed_result, is_diverged, tensors_digest
+from hpconj.engine.base import curve_steps, failed_result, is_diverged, tensors_digest
+from hpconj.records import CurvePoint, TrialResult
 from hpconj.engine.reference import train_trial
 from hpconj.engine.stacked import Layer, layer_plan, stacked_logits, stacked_loss_and_grads
 from hpconj.engine.updates import StackedUpdate, stack_order, stacked_update

@@ -15,7 +15,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from hpconj.engine.base import CurvePoint, TrialResult, curve_steps, failed_result, is_diverged, params_digest
+from hpconj.engine.base import curve_steps, failed_result, is_diverged, params_digest
+from hpconj.records import CurvePoint, TrialResult
 from hpconj.optimizers import example_second_moments, reference_optimizer
 from hpconj.tasks import Task
 from hpconj.trials import Trial

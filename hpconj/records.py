@@ -1,0 +1,50 @@
+"""What a trial and a noise measurement leave behind: plain records, no torch.
+
+The engines produce them, the store keeps them, the analysis reads their CSV exports; keeping
+them here lets the store and everything downstream of it work without importing the engines.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    step: int
+    examples: int
+    train_loss: float
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    trial_id: str
+    status: str  # ok | diverged | failed
+    train_loss: float
+    val_loss: float
+    val_error: float
+    steps: int  # steps actually taken
+    examples: int
+    wall_s: float
+    curve: tuple[CurvePoint, ...] = field(repr=False)
+    error: str | None = None
+    params_sha256: str | None = None
+
+    def metric(self, name: str) -> float:
+        """The configured metric: +inf when diverged, NaN when failed."""
+        if self.status == "diverged":
+            return math.inf
+        if self.status == "failed":
+            return math.nan
+        return float(getattr(self, name))
+
+
+@dataclass(frozen=True)
+class NoiseEstimate:
+    """B_simple of one seed's initial model, from `examples` per-example gradients."""
+
+    seed: int
+    examples: int
+    trace_sigma: float  # tr Σ̂
+    grad_norm_sq: float  # |G|²̂ (unbiased; may be ≤ 0 when the signal is below the noise)
+    b_simple: float  # tr Σ̂ / |G|²̂, +inf when |G|²̂ ≤ 0
