@@ -181,14 +181,13 @@ def _with_device(config: Any, device: str) -> Any:
 def validate(config_path: Path = ConfigArg, debug: bool = DebugOpt) -> None:
     """Check a config and show the trials and cohorts it expands to, and what they will cost, without training."""
     from hpconj import sweep as sweeping
-    from hpconj.cost import estimate_cost
     from hpconj.sweep import SweepTooLarge
 
     config = load_config(config_path)
     task = sweeping.load_task(config)
     try:
         plan = sweeping.plan_sweep(config, task)
-        cost = estimate_cost(config, task, plan.steps)
+        cost = plan.cost
     except SweepTooLarge as exc:  # too large to expand here: what follows is arithmetic on the config
         plan, cost = None, exc.cost
     lrs = config.lrs
@@ -200,14 +199,22 @@ def validate(config_path: Path = ConfigArg, debug: bool = DebugOpt) -> None:
               f" (B_ref = {config.reference_batch_size})", highlight=False)
     out.print(f"  lr          {len(lrs)} values, 2^{math.log2(lrs[0]):.2f} .. 2^{math.log2(lrs[-1]):.2f}", highlight=False)
     steps = [cost.batch_steps[b] for b in config.sweep.batch_size]
-    out.print(f"  batch sizes {config.sweep.batch_size} → steps {steps}", highlight=False)
-    out.print(f"  momentum    {config.sweep.momentum}; seeds {config.seeds}", highlight=False)
+    out.print(f"  batch sizes {_listed(config.sweep.batch_size)} → steps {_listed(steps)}", highlight=False)
+    out.print(f"  momentum    {_listed(config.sweep.momentum)}; seeds {_listed(config.seeds)}", highlight=False)
     cohorts = len(plan.cohorts) if plan is not None else len(config.sweep.batch_size)  # one cohort per batch size
     out.print(f"  {cost.trials:,} trials in {cohorts} cohorts, {cost.steps:,} optimizer steps", highlight=False)
     out.print(f"  cost        {cost.summary()}", highlight=False)
     if cost.exceeds_limit:
         out.print(f"  [yellow]limit[/yellow]       above {cost.limit_text()}: hpconj sweep will need --yes to run it",
                   highlight=False)
+
+
+def _listed(values: list[Any], shown: int = 12) -> str:
+    """A list as Python prints it, or its ends and its length when it is long."""
+    if len(values) <= shown:
+        return str(list(values))
+    head, tail = ", ".join(map(str, values[: shown - 2])), ", ".join(map(str, values[-2:]))
+    return f"[{head}, …, {tail}] ({len(values):,} values)"
 
 
 @app.command()

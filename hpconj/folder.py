@@ -18,9 +18,10 @@ import errno
 import fcntl
 import hashlib
 import json
-import math
 import os
+import re
 import socket
+import time
 import sys
 import tempfile
 from collections.abc import Iterable
@@ -30,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -87,8 +89,12 @@ def foreign_entries(folder: Path) -> list[str]:
         return []
 
 
+_TEMPORARY = re.compile(r"\.(%s)\.[a-z0-9_]{8}" % "|".join(re.escape(n) for n in OWNED_FILES))
+
+
 def _is_temporary(name: str) -> bool:
-    return any(name.startswith(f".{owned}.") for owned in OWNED_FILES)
+    """`.manifest.json.k3x_9a0b`: the shape of write_atomic's temporary files (tempfile.mkstemp)."""
+    return _TEMPORARY.fullmatch(name) is not None
 
 
 def check_writable_here(folder: Path) -> None:
@@ -108,9 +114,16 @@ def check_writable_here(folder: Path) -> None:
 
 
 def figure_names(manifest: dict[str, Any]) -> list[str]:
-    """The figures under plots/ that hpconj recorded writing (relative paths)."""
+    """The figures directly under plots/ that hpconj recorded writing (relative paths); an entry
+    that would reach anywhere else (`plots/../x.png`, `plots/a/b.png`) is never a figure."""
     files = manifest.get("files") or {}
-    return sorted(name for name in files if name.startswith("plots/") and name.endswith(FIGURE_SUFFIXES))
+    names = []
+    for name in files:
+        head, _, base = str(name).partition("/")
+        if head == "plots" and base.endswith(FIGURE_SUFFIXES) and "/" not in base and "\\" not in base \
+                and not base.startswith("."):
+            names.append(name)
+    return sorted(names)
 
 
 def remove_analysis(folder: Path) -> None:
@@ -143,6 +156,20 @@ def _busy(folder: Path, holder: str) -> FolderError:
                        "or stop it (a killed process releases the folder at once)")
 
 
+def _flock_patiently(fd: int, seconds: float = 1.0) -> None:
+    """LOCK_EX, retried for a moment: a reader's probe (refuse_if_busy) holds LOCK_SH for
+    microseconds, and must not make a writer give up."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 @contextmanager
 def writer_lock(folder: Path, command: str | None = None) -> Iterator[None]:
     """Hold the folder's exclusive lock for the block; FolderError at once if anyone holds it.
@@ -157,7 +184,7 @@ def writer_lock(folder: Path, command: str | None = None) -> Iterator[None]:
         except OSError as exc:
             raise FolderError(f"{folder}: cannot write the results folder ({exc.strerror or exc})") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_patiently(fd)
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
@@ -230,7 +257,19 @@ def read_table(path: Path, required: tuple[str, ...] = ()) -> pd.DataFrame:
     return frame
 
 
+# Ranges of the columns a trial is keyed by: a value outside names no trial hpconj could have run.
+RANGES = {
+    "lr": (lambda v: (v > 0) & np.isfinite(v), "not a positive finite learning rate"),
+    "batch_size": (lambda v: v >= 1, "not a batch size of at least 1"),
+    "momentum": (lambda v: (v >= 0) & (v < 1), "not a momentum in [0, 1)"),
+    "seed": (lambda v: v >= 0, "not a seed of at least 0"),
+}
+NOT_EMPTY = ("trial_id", "status", "parameterization", "optimizer", "lr", "batch_size", "momentum", "seed", "step")
+
+
 def _typed_column(path: Path, column: str, text: pd.Series) -> pd.Series:
+    if column in NOT_EMPTY:
+        _refuse_first(path, column, text, text.str.strip() == "", "empty")
     if column in TEXT_COLUMNS:
         if column == "status":
             bad = ~text.isin(STATUSES)
@@ -243,13 +282,13 @@ def _typed_column(path: Path, column: str, text: pd.Series) -> pd.Series:
     values = pd.to_numeric(text.where(text != "", "nan"), errors="coerce")
     is_nan_text = text.str.strip().str.lower().isin(("", "nan", "na", "<na>"))
     _refuse_first(path, column, text, values.isna() & ~is_nan_text, "not a number")
+    if column in RANGES:
+        valid, what = RANGES[column]
+        _refuse_first(path, column, text, values.notna() & ~valid(values.to_numpy(dtype=float)), what)
     if column in INTEGER_COLUMNS:
-        fractional = values.notna() & (values != values.round())
-        _refuse_first(path, column, text, fractional, "not a whole number")
+        whole = values.isna() | (np.isfinite(values) & (values == values.round()) & (values.abs() < 2**53))
+        _refuse_first(path, column, text, ~whole, "not a whole number")
         return values.astype("Int64") if values.isna().any() else values.astype("int64")
-    if column == "lr":
-        _refuse_first(path, column, text, ~(values > 0) | ~pd.Series(values).map(math.isfinite).astype(bool),
-                      "not a positive finite learning rate")
     return values.astype(float)
 
 

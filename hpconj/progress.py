@@ -19,7 +19,7 @@ from rich.table import Table
 from hpconj.analysis import best_grid_lr
 from hpconj.config import Config
 from hpconj.engine import TrialResult
-from hpconj.store import read_trials
+from hpconj.folder import read_trials
 from hpconj.sweep import SweepOutcome
 from hpconj.trials import Trial
 

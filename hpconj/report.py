@@ -83,7 +83,7 @@ def load_results(folder: Path) -> Results:
 
 
 def verified_results(folder: Path, accept_unverified: bool) -> Results:
-    """The folder's records after checking them against manifest.json (repro.record_problems).
+    """The folder's records after checking them against manifest.json (folder.record_problems).
 
     A disagreement is one line and ReportError (nothing gets written) unless the user accepts it,
     in which case every problem travels with the results and is printed atop summary.md.
@@ -249,15 +249,25 @@ def plot_folder(folder: Path, accept_unverified: bool) -> tuple[Frames, list[Pat
     """`hpconj plot` on one folder: verify, analyse, write the tables and figures, record their hashes.
 
     Only a folder hpconj made (its manifest readable) is written to, under its lock; only the
-    files written here get their hashes recorded (the records keep theirs: repro.record_hashes).
+    files written here get their hashes recorded (the records keep theirs: folder.record_hashes).
     """
     from hpconj.plots import write_figures
 
-    read_manifest(folder)  # FolderError: plot writes only into folders hpconj made
+    read_manifest(folder)  # FolderError: plot writes only into folders hpconj made, flag or not
+    if (folder / "plots").exists() and not (folder / "plots").is_dir():
+        raise ReportError(f"{folder / 'plots'}: exists and is not a folder; nothing written")
     with writer_lock(folder):
         frames = analyse(verified_results(folder, accept_unverified))
-        written = write_tables(frames, folder) + write_figures(frames, frames.meta, folder)
-        record_hashes(folder, [str(p.relative_to(folder)) for p in written])
+        written: list[Path] = []
+        try:
+            written += write_tables(frames, folder)
+            written += write_figures(frames, frames.meta, folder)
+        except OSError as exc:
+            raise ReportError(f"{folder}: cannot write the analysis ({exc.strerror or exc}: {exc.filename}); "
+                              f"{len(written)} files written before it") from None
+        finally:  # what was written is recorded, so --integrity never flags hpconj's own output
+            if written:
+                record_hashes(folder, [str(p.relative_to(folder)) for p in written])
     return frames, written
 
 

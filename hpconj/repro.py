@@ -1,4 +1,4 @@
-"""Reproducibility: determinism settings, file hashes, integrity checks, and re-running trials.
+"""Reproducibility: determinism settings, the environment, integrity checks, and re-running trials.
 
 Two levels of `hpconj check`. When this environment matches the one in manifest.json (hpconj
 and torch versions, OS/architecture/C library, torch's CPU vector capability, the arithmetic
@@ -150,7 +150,6 @@ def environment_differences(manifest: dict[str, Any], current: dict[str, Any]) -
 
 
 # ----------------------------------------------------------------------------- selection
-SLICE_KEYS = SLICE_KEYS
 def parse_sample(spec: str) -> tuple[str, float]:
     """'all' | 'N' | 'F%' → (kind, amount)."""
     text = spec.strip()
@@ -279,7 +278,6 @@ SPREAD_SHARE = 0.25  # a stable-side re-run may move by at most this share of th
 OPTIMUM_OCTAVES = 0.25  # a re-derived optimum outside its stored interval may still move this far
 CLIFF_FACTOR = 2.0  # past the optimum, a trial this many times worse than the best is on the cliff
 SLOPE_ABS = 0.05  # a re-derived slope outside its stored interval may still move this much
-KEYS = SLICE_KEYS
 
 
 def _log_metric(values: pd.Series | np.ndarray) -> np.ndarray:
@@ -292,7 +290,7 @@ def _log_metric(values: pd.Series | np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class SliceNoise:
     """What a slice's stored trials say about noise: per grid lr the seeds' log metrics, the best
-    grid lr (stable side: lrs below it), and u, the median seed spread up to the best lr."""
+    grid lr, and u, the median seed spread up to the best lr."""
 
     grid: np.ndarray  # sorted lrs
     logs: dict[float, np.ndarray]  # lr → log metric of every stored seed (inf: diverged)
@@ -327,20 +325,22 @@ def compare_conclusions(stored: pd.DataFrame, rerun: pd.DataFrame, stored_curves
                         rerun_curves: pd.DataFrame, report: CheckReport) -> None:
     """Re-run trials against stored ones on a machine whose arithmetic differs (README: "check").
 
-    Below a slice's best grid lr (the stable side) training does not amplify small differences:
-    the re-run log metric may differ from the stored one by at most SPREAD_SHARE of the seed
-    spread there (the larger of this lr's and the slice's median), and each curve point by as
-    much of the seeds' spread at that step. At and above it differences grow, up to chaos on
-    the cliff: a re-run may come out worse by any amount, but not better than the stored trials
-    of its own and the neighbouring lrs, nor than those at the best lr (all seeds; the same share
-    of slack), and anything goes next to a diverged trial. A status may flip only where that
-    window holds the other status, or, at and past the optimum, to diverged where any larger lr
-    diverged or where the stored trial was already CLIFF_FACTOR times worse than the best.
-    Steps and examples of trials that finished on both machines must be equal.
+    Up to a slice's best grid lr training does not amplify small differences: the re-run log
+    metric may differ from the stored one by at most SPREAD_SHARE of the seed spread there (the
+    larger of this lr's and the slice's median up to the best lr), either way, and below the best
+    lr each curve point by as much of the seeds' spread at that step. Above it differences grow,
+    up to chaos on the cliff: a re-run may come out worse by any amount, but not better than the
+    stored trials of its own and the neighbouring lrs, nor than those at the best lr (all seeds;
+    the same share of slack), and anything goes next to a diverged trial. A change of one step
+    of a stepped metric (an error rate) always passes. A status may flip only where that window
+    holds the other status, or, past the optimum, to diverged where any larger lr diverged or
+    where the stored trial was already CLIFF_FACTOR times worse than the best. Steps and
+    examples of trials that finished on both machines must be equal.
     """
-    best = best_grid_lr(stored).set_index(KEYS)["lr_best"]
-    noise = {key: SliceNoise.of(group, best.get(key, math.inf)) for key, group in stored.groupby(KEYS)}
+    best = best_grid_lr(stored).set_index(SLICE_KEYS)["lr_best"]
+    noise = {key: SliceNoise.of(group, best.get(key, math.inf)) for key, group in stored.groupby(SLICE_KEYS)}
     by_id = stored.set_index("trial_id")
+    quantum = metric_quantum(stored["metric"])
     stable_ids = []
     for _, row in rerun.iterrows():
         old = by_id.loc[row["trial_id"]]
@@ -348,10 +348,10 @@ def compare_conclusions(stored: pd.DataFrame, rerun: pd.DataFrame, stored_curves
         for name in ("steps", "examples") if old["status"] == "ok" == row["status"] else ():  # a divergence may come sooner
             if not same(old[name], row[name], 0.0, 0.0):
                 report.add(where, name, old[name], row[name])
-        key = tuple(old[k] for k in KEYS)
+        key = tuple(old[k] for k in SLICE_KEYS)
         if key not in noise:
             continue
-        ok, stable = _agrees(noise[key], float(old["lr"]), old, row)
+        ok, stable = _agrees(noise[key], float(old["lr"]), old, row, quantum)
         if not ok:
             report.add(where, "status" if old["status"] != row["status"] else "metric",
                        old["status"] if old["status"] != row["status"] else old["metric"],
@@ -361,34 +361,44 @@ def compare_conclusions(stored: pd.DataFrame, rerun: pd.DataFrame, stored_curves
     _compare_curves(stable_ids, stored, stored_curves, rerun_curves, report)
 
 
-def _agrees(noise: SliceNoise, lr: float, old: pd.Series, new: pd.Series) -> tuple[bool, bool]:
-    """(agrees, on the stable side) for one re-run trial."""
+def _agrees(noise: SliceNoise, lr: float, old: pd.Series, new: pd.Series, quantum: float) -> tuple[bool, bool]:
+    """(agrees, below the optimum: its curve is compared too) for one re-run trial."""
     window = noise.window(lr)
-    stable = lr < noise.best
+    below = lr < noise.best
     if old["status"] != new["status"]:
-        if not stable and new["status"] == "diverged":
+        if lr > noise.best and new["status"] == "diverged":
             # up the cliff a run may diverge on one machine and collapse on another
             above = [w for w in noise.grid if w >= window[0]]
             if any("diverged" in noise.statuses.get(w, set()) for w in above):
-                return True, stable
+                return True, below
             if _log_metric([old["metric"]])[0] >= np.nanmin(noise.logs[noise.best]) + math.log(CLIFF_FACTOR):
-                return True, stable
-        return any(new["status"] in noise.statuses.get(w, set()) for w in window), stable
+                return True, below
+        return any(new["status"] in noise.statuses.get(w, set()) for w in window), below
     a, b = _log_metric([old["metric"], new["metric"]])
     if not (np.isfinite(a) and np.isfinite(b)):
-        return bool(a == b or (np.isnan(a) and np.isnan(b))), stable
+        return bool(a == b or (np.isnan(a) and np.isnan(b))), below
+    if abs(float(new["metric"]) - float(old["metric"])) <= quantum:
+        return True, below  # one step of a metric that moves in steps (an error rate: one example)
     local = _spread(noise.logs.get(lr, np.array([])))
     tolerance = SPREAD_SHARE * max(local if np.isfinite(local) else 0.0, noise.u)
-    if stable:
-        return abs(b - a) <= tolerance, stable
+    if lr <= noise.best:
+        return abs(b - a) <= tolerance, below
     near = np.concatenate([noise.logs[w] for w in window])
     if np.isinf(near).any():
-        return True, stable  # next to divergence: any finite value may come out
-    # at and past the optimum differences grow, up to chaos on the cliff: a re-run may come out
-    # worse by any amount, but not better than the stored trials around it or at the best lr
-    # (that could move lr*)
+        return True, below  # next to divergence: any finite value may come out
+    # past the optimum differences grow, up to chaos on the cliff: a re-run may come out worse by
+    # any amount, but not better than the stored trials around it or at the best lr (that could
+    # move lr*)
     floor = min(np.nanmin(near), np.nanmin(noise.logs[noise.best]))
-    return bool(b >= floor - tolerance), stable
+    return bool(b >= floor - tolerance), below
+
+
+def metric_quantum(metric: pd.Series) -> float:
+    """The smallest step between two distinct stored values of the metric: one example of an
+    error rate; for a loss, far below any tolerance."""
+    values = np.unique(metric[np.isfinite(metric)].to_numpy(dtype=float))
+    steps = np.diff(values)
+    return float(steps[steps > 0].min()) if (steps > 0).any() else 0.0
 
 
 def _compare_curves(stable: list[str], stored: pd.DataFrame, stored_curves: pd.DataFrame, rerun_curves: pd.DataFrame,
@@ -422,33 +432,32 @@ def _compare_curves(stable: list[str], stored: pd.DataFrame, stored_curves: pd.D
 def compare_analysis(folder: Path, stored: pd.DataFrame, merged: pd.DataFrame, report: CheckReport,
                      exact: bool) -> None:
     """The stored tables against the stored trials (they must be what the trials give), then the
-    conclusions re-derived with the re-run trials in place: equal where the environment matches;
-    elsewhere every optimum within its stored interval or OPTIMUM_OCTAVES of it, and every slope
-    within its stored interval or SLOPE_ABS of it (a bootstrap over 2–4 seeds gives intervals whose
-    edges sit on the estimate itself)."""
+    conclusions re-derived with the re-run trials in place against those of the stored trials:
+    equal where the environment matches; elsewhere every optimum within its stored interval or
+    OPTIMUM_OCTAVES of it, and every slope within its stored interval or SLOPE_ABS of it (a
+    bootstrap over 2–4 seeds gives intervals whose edges sit on the estimate itself). The
+    re-derivation runs whether or not `hpconj plot` has written the tables."""
     try:
         tables = {name: read_table(folder / name) for name in ("optima.csv", "shifts.csv") if (folder / name).is_file()}
     except FolderError as exc:
         raise CheckError(str(exc)) from None
-    from_stored = optima(stored)
-    now = optima(merged)
+    from_stored, now = optima(stored), optima(merged)
+    shifts_stored, shifts_now = shifts(stored, from_stored), shifts(merged, now)
     if "optima.csv" in tables:
         _compare_optima_table(tables["optima.csv"], from_stored, report, "optima.csv", 1e-9)
-        if exact:
-            _compare_optima_table(tables["optima.csv"], now, report, "optima.csv (re-run)", 1e-9)
-        else:
-            _compare_optima_moves(tables["optima.csv"], now, report)
     if "shifts.csv" in tables:
-        _compare_shift_table(tables["shifts.csv"], shifts(stored, from_stored), report, "shifts.csv", 1e-9)
-        if exact:
-            _compare_shift_table(tables["shifts.csv"], shifts(merged, now), report, "shifts.csv (re-run)", 1e-9)
-        else:
-            _compare_slope_moves(tables["shifts.csv"], shifts(merged, now), report)
+        _compare_shift_table(tables["shifts.csv"], shifts_stored, report, "shifts.csv", 1e-9)
+    if exact:
+        _compare_optima_table(from_stored, now, report, "optima (re-run)", 1e-9)
+        _compare_shift_table(shifts_stored, shifts_now, report, "shifts (re-run)", 1e-9)
+    else:
+        _compare_optima_moves(from_stored, now, report)
+        _compare_slope_moves(shifts_stored, shifts_now, report)
 
 
 def _compare_optima_table(table: pd.DataFrame, derived: pd.DataFrame, report: CheckReport, label: str,
                           rtol: float) -> None:
-    joined = table.merge(derived, on=KEYS, suffixes=("_stored", "_now"))
+    joined = table.merge(derived, on=SLICE_KEYS, suffixes=("_stored", "_now"))
     for _, r in joined.iterrows():
         for name in ("lr_opt", "lr_lo", "lr_hi", "metric_opt"):
             if not same(r[f"{name}_stored"], r[f"{name}_now"], rtol, 0.0):
@@ -456,17 +465,17 @@ def _compare_optima_table(table: pd.DataFrame, derived: pd.DataFrame, report: Ch
 
 
 def _compare_optima_moves(table: pd.DataFrame, derived: pd.DataFrame, report: CheckReport) -> None:
-    joined = table.merge(derived, on=KEYS, suffixes=("_stored", "_now"))
+    joined = table.merge(derived, on=SLICE_KEYS, suffixes=("_stored", "_now"))
     for _, r in joined.iterrows():
         old, new = float(r["log2_lr_opt_stored"]), float(r["log2_lr_opt_now"])
         if not (np.isfinite(old) and np.isfinite(new)):
             if np.isfinite(old) != np.isfinite(new):
-                report.add(f"optima.csv slice {_slice(r)}", "log2 lr*", old, new)
+                report.add(f"optima slice {_slice(r)}", "log2 lr*", old, new)
             continue
         lo, hi = np.log2(float(r["lr_lo_stored"])), np.log2(float(r["lr_hi_stored"]))
         inside = np.isfinite(lo) and np.isfinite(hi) and lo <= new <= hi
         if not inside and abs(new - old) > OPTIMUM_OCTAVES:
-            report.add(f"optima.csv slice {_slice(r)}", "log2 lr* (re-derived)", old, new)
+            report.add(f"optima slice {_slice(r)}", "log2 lr* (re-derived)", old, new)
 
 
 def _compare_shift_table(table: pd.DataFrame, derived: pd.DataFrame, report: CheckReport, label: str,
@@ -486,7 +495,7 @@ def _compare_slope_moves(table: pd.DataFrame, derived: pd.DataFrame, report: Che
         old, new, lo, hi = (float(r[c]) for c in ("slope_stored", "slope_now", "slope_lo_stored", "slope_hi_stored"))
         if not (np.isfinite(old) and np.isfinite(new)):
             if np.isfinite(old) != np.isfinite(new):
-                report.add(f"shifts.csv {r['parameterization']} {r['axis']} at {r['fixed']}", "slope", old, new)
+                report.add(f"shifts {r['parameterization']} {r['axis']} at {r['fixed']}", "slope", old, new)
             continue
         inside = np.isfinite(lo) and np.isfinite(hi) and lo <= new <= hi
         if not inside and abs(new - old) > SLOPE_ABS:

@@ -198,7 +198,3 @@ def export_noise_csv(store: Store, folder: Path) -> Path | None:
     write_atomic(path, frame.to_csv(index=False))
     return path
 
-
-def read_trials(folder: Path) -> pd.DataFrame:
-    return pd.read_csv(folder / "trials.csv")
-

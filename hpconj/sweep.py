@@ -60,6 +60,7 @@ class SweepPlan:
     trials: list[Trial]
     cohorts: list[Cohort]
     steps: dict[int, int]  # batch size → optimizer steps per trial
+    cost: Any = None  # hpconj.cost.SweepCost, when plan_sweep estimated it (not with --yes)
 
     @property
     def total_steps(self) -> int:
@@ -102,6 +103,7 @@ def plan_sweep(config: Config, task: Task, *, yes: bool = False) -> SweepPlan:
             raise SweepError(f"mcallester.warmup: batch size {b} gets {steps[b]} steps, no more than the "
                              f"{config.mcallester.warmup} warm-up steps in which McAllester's SGD does not move; "
                              "lower the warm-up or raise the budget")
+    cost = None
     if not yes:
         cost = estimate_cost(config, task, steps)
         if cost.exceeds_limit:
@@ -109,7 +111,7 @@ def plan_sweep(config: Config, task: Task, *, yes: bool = False) -> SweepPlan:
     trials = expand_trials(config)
     if any(t.native.per_example for t in trials):
         check_per_example_model(task)
-    return SweepPlan(config, trials, group_cohorts(trials), steps)
+    return SweepPlan(config, trials, group_cohorts(trials), steps, cost)
 
 
 # Layers whose output for one example depends on the others in its batch (BatchNorm) or on a

@@ -119,6 +119,19 @@ def test_one_slice_twenty_percent_worse_is_caught_on_this_and_another_machine(co
         assert "metric" in proc.stdout
 
 
+def test_a_slice_better_than_it_was_at_and_above_its_optimum_is_caught(copies):
+    """Above the optimum a re-run may come out worse by any amount (chaos), never better: a
+    forger who makes those trials look better, at the optimum included, is caught."""
+    folder = copies["honest"]
+    proc = subprocess.run([sys.executable, str(FORGE), "better-above", str(folder)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    recorded_elsewhere(folder)
+    proc = _check(folder)
+    assert proc.returncode == 1, proc.stdout
+    assert "same conclusions" in proc.stdout
+
+
 @pytest.mark.parametrize("name", COMMITTED)
 def test_committed_references_reproduce_under_other_arithmetic(name):
     """Recorded on one machine, re-run with other vector kernels on this one: same conclusions."""

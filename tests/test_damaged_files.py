@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -73,7 +74,10 @@ def test_truncated_trials_are_refused_and_not_laundered(copy):
 
 
 # ----------------------------------------------------------------------------- 2: malformed cells
-@pytest.mark.parametrize("column, value", [("lr", "abc"), ("batch_size", "x"), ("status", "weird")])
+@pytest.mark.parametrize("column, value", [
+    ("lr", "abc"), ("batch_size", "x"), ("status", "weird"), ("seed", "inf"), ("steps", "1e400"), ("batch_size", ""),
+    ("momentum", "1.5"), ("batch_size", "0"), ("lr", "-0.1"), ("trial_id", ""),
+])
 def test_a_malformed_cell_is_named_by_file_column_and_line(copy, column, value):
     set_cell(copy / "trials.csv", 3, column, value)  # the fourth data row: line 5 of the file
     before = snapshot(copy)
@@ -153,4 +157,12 @@ def test_malformed_config_yaml_is_named(copy):
     refusal(run_here("plot", str(copy)), "config.yaml")
     refusal(run_here("table", str(copy)), "config.yaml")
     refusal(run_here("check", str(copy), "--trials", "1"), "config.yaml")
+    assert snapshot(copy) == before
+
+
+def test_a_file_named_plots_is_refused_before_anything_is_written(copy):
+    shutil.rmtree(copy / "plots")
+    (copy / "plots").write_text("not a folder")
+    before = snapshot(copy)
+    refusal(run_here("plot", str(copy)), "plots", "not a folder")
     assert snapshot(copy) == before

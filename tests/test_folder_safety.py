@@ -2,6 +2,7 @@
 results folder is never deleted, and one folder has one live writer at a time (hpconj.folder)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -154,6 +155,19 @@ def test_fresh_removes_only_hpconjs_files(results, tmp_path):
         assert not (results / name).exists(), name
     for name, data in mine.items():
         assert (results / name).read_bytes() == data, name
+
+
+def test_a_manifest_entry_cannot_make_hpconj_delete_outside_its_folder(results, tmp_path):
+    """Figures are deleted by the names manifest.json records; a name that climbs out of plots/
+    (a damaged or hostile manifest) is never a figure."""
+    outside = tmp_path / "precious.png"
+    outside.write_bytes(b"mine")
+    manifest = json.loads((results / "manifest.json").read_text())
+    manifest["files"]["plots/../../precious.png"] = "0" * 64
+    manifest["files"]["plots/sub/x.png"] = "0" * 64
+    (results / "manifest.json").write_text(json.dumps(manifest))
+    assert run_here("sweep", str(tiny_config(tmp_path)), "--out", str(results), "--fresh", "--quiet").returncode == 0
+    assert outside.read_bytes() == b"mine"
 
 
 # ----------------------------------------------------------------------------- 4, 5: one writer at a time
