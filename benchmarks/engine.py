@@ -22,7 +22,8 @@ import torch
 
 from hpconj.config import Config, load_config
 from hpconj.engine.base import TrialResult
-from hpconj.executor import LocalExecutor, Resources, split_units, usable_cores
+from hpconj.executor import LocalExecutor
+from hpconj.workers import Resources, split_units, usable_cores
 from hpconj.tasks import build_task
 from hpconj.trials import expand_trials, group_cohorts
 

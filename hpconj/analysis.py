@@ -1,6 +1,6 @@
 """Analysis of recorded trials: tidy DataFrames in, tidy DataFrames out (no drawing here).
 
-Vocabulary (DESIGN.md): a *slice* is the set of trials that differ only in lr and seed; its
+Vocabulary (docs/design.md): a *slice* is the set of trials that differ only in lr and seed; its
 *optimum* is the lr minimising the seed-mean metric; the *shift* along an axis is the slope of
 log2 lr* against log2 B (batch size) or log2(1 − β) (momentum).
 

@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from hpconj.executor import LocalExecutor, Resources, split_units
+from hpconj.executor import LocalExecutor
+from hpconj.workers import Resources, split_units
 from hpconj.folder import refuse_if_busy
 from hpconj.repro import (
     CheckError,

@@ -327,7 +327,6 @@ class Metric(Record):
     goal: Literal["minimize"] = "minimize"
 
 
-SGD_FAMILY = ("sgd", "momentum", "nesterov")
 ADAPTIVE = ("adam", "rmsprop", "adagrad")
 
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from hpconj.config import Config
-from hpconj.executor import Resources
+from hpconj.workers import Resources
 from hpconj.tasks import Task
 
 MAX_TRIALS = 1_000_000

@@ -7,12 +7,12 @@ depend on how the work was spread. Torch threads are set so that workers × thre
 oversubscribed threads collapse the throughput of small models.
 
 On CUDA the chunk size (trials stacked at once) is sized from the device's free memory
-(`fit_chunk_size`), capped by `--chunk-size`.
+(`fit_chunk_size`), capped by `--chunk-size`. What both executors share (work units, resources,
+the bootstrap of a worker) is hpconj.workers; `make_executor` chooses one.
 """
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing
 import os
 import signal
@@ -27,79 +27,17 @@ import torch
 
 from hpconj.config import TaskSpec
 from hpconj.engine import TrialResult, get_engine
-from hpconj.engine.base import EXAMPLE_GRADIENT_FLOATS, retain_freed_memory
+from hpconj.engine.base import EXAMPLE_GRADIENT_FLOATS
 from hpconj.repro import apply_determinism
-from hpconj.tasks import Task, build_task
-from hpconj.trials import Cohort, Trial
+from hpconj.tasks import Task
+from hpconj.workers import ExecutorError, Resources, WorkUnit, prepare_worker, run_unit, task_on_worker
 
 
-# Below this many optimizer steps summed over trials (~ten seconds of one core for a small
-# model), starting worker processes costs more than it saves.
-SMALL_SWEEP_STEPS = 50_000
-# Trials a worker trains before reporting back: stacking gains little beyond ~64 (measured).
-UNIT_TRIALS = 64
 EXECUTORS = ("local", "ray")
 log = logging.getLogger("hpconj")
 # The share of a CUDA device's free memory that all the chunks training on it at once may take
 # together; the rest is left to the CUDA context, the caching allocator's slack and other processes.
 CUDA_MEMORY_FRACTION = 0.5
-
-
-class ExecutorError(RuntimeError):
-    """The executor cannot run the sweep: Ray missing or unreachable, a task that raised or was
-    lost (the CLI reports it as one line, exit status 2)."""
-
-
-@dataclass(frozen=True)
-class WorkUnit:
-    batch_size: int
-    trials: tuple[Trial, ...]
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def split_units(cohorts: Sequence[Cohort], todo: set[str], chunk_size: int, workers: int) -> list[WorkUnit]:
-    """Chunks of at most `chunk_size` unfinished trials; with several workers, each cohort is cut
-    into at least `workers` pieces so that no worker waits while another has a whole cohort, and
-    into pieces of at most UNIT_TRIALS, since a worker returns a piece only when all of it is done
-    (a killed sweep loses the pieces in flight, never a recorded trial)."""
-    units = []
-    for cohort in cohorts:
-        trials = [t for t in cohort.trials if t.trial_id in todo]
-        if not trials:
-            continue
-        size = min(chunk_size, UNIT_TRIALS, max(1, math.ceil(len(trials) / workers)))
-        for start in range(0, len(trials), size):
-            units.append(WorkUnit(cohort.batch_size, tuple(trials[start : start + size])))
-    # Largest cost first (small batches take the most steps), so the tail of the run is short.
-    return sorted(units, key=lambda u: -len(u.trials) / u.batch_size)
-
-
-@dataclass(frozen=True)
-class Resources:
-    workers: int
-    threads: int
-
-    @classmethod
-    def choose(cls, workers: int | None, threads: int | None, device: torch.device, units: int,
-               trial_steps: int | None = None) -> Resources:
-        """Defaults: one worker per core (one on a GPU, or for a sweep too small to repay the few
-        seconds each worker takes to start); one torch thread per worker on the CPU.
-
-        One thread, because with several MKL may split a matrix product differently depending
-        on its shape — and so on how many trials are stacked — which would make a trial's bits
-        depend on its cohort. Parallelism comes from the workers instead.
-        """
-        cores = usable_cores()
-        if workers is None:
-            small = trial_steps is not None and trial_steps < SMALL_SWEEP_STEPS
-            workers = 1 if device.type == "cuda" or small else cores
-        workers = max(1, min(workers, max(units, 1)))
-        if threads is None or threads <= 0:
-            threads = max(1, cores // workers) if device.type == "cuda" else 1
-        return cls(workers, threads)
 
 
 class LocalExecutor:
@@ -156,7 +94,7 @@ class LocalExecutor:
             return
         pool = self._workers()
         pending: set[Future] = {
-            pool.submit(_run_unit, self.engine_name, self.chunk_size, spec, unit, str(device)) for unit in units
+            pool.submit(run_unit, self.engine_name, self.chunk_size, spec, unit, str(device)) for unit in units
         }
         try:
             while pending:
@@ -174,16 +112,11 @@ class LocalExecutor:
             list(pool.map(_build_task, [spec] * self.resources.workers, [str(device)] * self.resources.workers))
 
 
-_TASKS: dict[str, Task] = {}
-
-
 def _init_worker(threads: int, parent: int) -> None:
     _die_with_parent(parent)
     # Ctrl-C is the main process's to handle: it records what came back and stops the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(threads)
-    apply_determinism()
-    retain_freed_memory()  # a worker process is hpconj's alone: its heap may stay large
+    prepare_worker(threads)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -206,18 +139,11 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _build_task(spec: TaskSpec, device: str) -> Task:
-    key = f"{spec.model_dump_json()}@{device}"
-    if key not in _TASKS:
-        _TASKS[key] = build_task(spec).to(torch.device(device))
+def _build_task(spec: TaskSpec, device: str) -> None:
+    """warm_up's call in each worker: build the task there before any unit is timed."""
+    _, built = task_on_worker(spec, device)
+    if built:
         time.sleep(0.2)  # so that warm_up's calls spread over all workers
-    return _TASKS[key]
-
-
-def _run_unit(engine_name: str, chunk_size: int, spec: TaskSpec, unit: WorkUnit, device: str) -> list[TrialResult]:
-    """In a worker: build the task (once) and train one unit; results go back to the main process."""
-    engine = get_engine(engine_name, chunk_size=chunk_size)
-    return list(engine.run(_build_task(spec, device), unit.trials, torch.device(device)))
 
 
 # ----------------------------------------------------------------------------- choosing one

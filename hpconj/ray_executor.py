@@ -1,6 +1,6 @@
 """Work units as Ray tasks (`--executor ray`): on a local Ray instance, or on a cluster (`--address`).
 
-Each work unit (a chunk of a cohort, hpconj.executor.split_units) is one Ray task declaring its
+Each work unit (a chunk of a cohort, hpconj.workers.split_units) is one Ray task declaring its
 resources: `threads` CPUs, and 1/GPU_TASKS_PER_DEVICE of a GPU on CUDA. Ray only computes: the
 results come back to this process (the driver), which alone writes the store, one transaction
 per trial, exactly as with the local executor, so resume and `hpconj check` work the same.
@@ -29,11 +29,9 @@ from typing import Any
 import torch
 
 from hpconj.config import TaskSpec
-from hpconj.engine import TrialResult, get_engine
-from hpconj.executor import ExecutorError, Resources, WorkUnit, usable_cores
-from hpconj.engine.base import retain_freed_memory
-from hpconj.repro import apply_determinism
-from hpconj.tasks import Task, build_task
+from hpconj.engine import TrialResult
+from hpconj.workers import ExecutorError, Resources, WorkUnit, prepare_worker, run_unit, usable_cores
+from hpconj.tasks import Task
 
 INSTALL_HINT = "--executor ray needs Ray: pip install 'hpconj[ray]'"
 # A unit whose worker process dies is run again this many times before the sweep stops.
@@ -295,34 +293,16 @@ def _import_paths() -> list[str]:
 
 
 # ----------------------------------------------------------------------------- on a Ray worker
-_TASKS: dict[str, Task] = {}
-_PREPARED: dict[str, Any] = {}
-
-
 def _prepare_worker(threads: int, paths: list[str]) -> None:
-    """Once per worker process: the driver's import paths, torch threads, determinism."""
+    """The driver's import paths, then the shared bootstrap (hpconj.workers.prepare_worker)."""
     for entry in reversed(paths):
         if entry not in sys.path and os.path.isdir(entry):
             sys.path.insert(0, entry)
-    if _PREPARED.get("threads") != threads:
-        torch.set_num_threads(threads)
-        _PREPARED["threads"] = threads
-    if "determinism" not in _PREPARED:
-        _PREPARED["determinism"] = apply_determinism()
-        retain_freed_memory()
-
-
-def _task_on_worker(spec: TaskSpec, device: str) -> Task:
-    """Build the task once per worker process (keyed like executor._build_task)."""
-    key = f"{spec.model_dump_json()}@{device}"
-    if key not in _TASKS:
-        _TASKS[key] = build_task(spec).to(torch.device(device))
-    return _TASKS[key]
+    prepare_worker(threads)
 
 
 def _run_unit(engine_name: str, chunk_size: int, spec: TaskSpec, unit: WorkUnit, device: str, threads: int,
               paths: list[str]) -> list[TrialResult]:
     """The Ray task: train one unit, return its results to the driver."""
     _prepare_worker(threads, paths)
-    engine = get_engine(engine_name, chunk_size=chunk_size)
-    return list(engine.run(_task_on_worker(spec, device), unit.trials, torch.device(device)))
+    return run_unit(engine_name, chunk_size, spec, unit, device)

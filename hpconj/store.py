@@ -19,7 +19,6 @@ from hpconj.records import NoiseEstimate, TrialResult
 from hpconj.trials import Trial
 
 STORE_NAME = "store.sqlite"
-SCHEMA_VERSION = "1"
 DONE_STATUSES = ("ok", "diverged")  # `failed` trials run again on resume
 
 TRIAL_COLUMNS = [

@@ -29,7 +29,8 @@ import yaml
 import hpconj
 from hpconj.config import Config
 from hpconj.engine import TrialResult
-from hpconj.executor import LocalExecutor, split_units
+from hpconj.executor import Executor
+from hpconj.workers import split_units
 from hpconj.folder import (INPUT_FILES, MANIFEST, STORE_FILES, FolderError, check_writable_here, read_manifest,
                            record_hashes, remove_analysis, write_atomic, writer_lock)
 from hpconj.noise import measure_noise_scale, noise_examples
@@ -226,7 +227,7 @@ def run_sweep(
     plan: SweepPlan,
     task: Task,
     folder: Path,
-    executor: LocalExecutor,
+    executor: Executor,
     device: torch.device,
     *,
     fresh: bool = False,
@@ -253,7 +254,7 @@ def _run_locked(
     plan: SweepPlan,
     task: Task,
     folder: Path,
-    executor: LocalExecutor,
+    executor: Executor,
     device: torch.device,
     *,
     fresh: bool,
@@ -349,7 +350,7 @@ def git_state(cwd: Path) -> dict[str, Any]:
 
 
 def write_manifest(
-    folder: Path, config: Config, store: Store, executor: LocalExecutor, device: torch.device,
+    folder: Path, config: Config, store: Store, executor: Executor, device: torch.device,
     started: str, ended: str | None, status: str,
 ) -> None:
     manifest = {

@@ -31,3 +31,49 @@ def test_each_is_torch_free_on_its_own(name):
     proc = subprocess.run([sys.executable, "-c", f"import sys, {name}; sys.exit('torch' in sys.modules)"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"{name} imports torch"
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """hpconj module → the hpconj modules it imports anywhere in its file (lazy imports too)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "hpconj"
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            edges |= {t for t in targets if t in modules and t != name}
+        graph[name] = edges
+    return graph
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = _import_graph()
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                # a package and its own submodules importing each other is how packages work
+                loop = path[path.index(nxt):] + [nxt]
+                package = min(loop, key=len)
+                if not all(m == package or m.startswith(package + ".") for m in loop):
+                    raise AssertionError(f"import cycle: {' → '.join(loop)}")
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])

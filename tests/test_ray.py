@@ -225,7 +225,7 @@ def test_a_task_whose_worker_dies_is_retried(ray_instance, tmp_path):
 def test_workers_caps_the_tasks_in_flight(ray_instance):
     """--workers N: at most N units are submitted at a time (Ray would otherwise run one per CPU)."""
     from hpconj.config import config_from_dict
-    from hpconj.executor import split_units
+    from hpconj.workers import split_units
     from hpconj.ray_executor import RayExecutor
     from hpconj.tasks import build_task
     from hpconj.trials import expand_trials, group_cohorts

@@ -1,7 +1,7 @@
 """The engine interface: a cohort of trials in, one `TrialResult` per trial out.
 
 Engines differ only in how they compute; the result of a trial is a pure function of its
-fields (DESIGN.md invariant 1). The sweep runner never looks inside an engine.
+fields (docs/design.md, promise 1). The sweep runner never looks inside an engine.
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def curve_steps(steps: int) -> set[int]:
 
 
 def is_diverged(loss: float, initial: float) -> bool:
-    """Non-finite, or far above where it started (DESIGN.md invariant 4)."""
+    """Non-finite, or far above where it started (docs/design.md, promise 4)."""
     return not math.isfinite(loss) or loss > DIVERGENCE_FACTOR * max(initial, 1e-12)
 
 

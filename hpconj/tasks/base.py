@@ -1,6 +1,6 @@
 """What an engine needs from a task: initial weights, batches, a loss, and final metrics.
 
-Common random numbers (DESIGN.md invariant 2) live here: `init_model(seed)` and
+Common random numbers (docs/design.md, promise 2) live here: `init_model(seed)` and
 `batch_stream(seed, ...)` depend on the seed alone, never on lr, momentum or parameterization.
 """
 from __future__ import annotations
