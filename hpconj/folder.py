@@ -35,12 +35,15 @@ import numpy as np
 import pandas as pd
 import yaml
 
+# Every name hpconj writes in a results folder; nothing else in hpconj spells them out.
 MANIFEST = "manifest.json"
 LOCK_NAME = ".hpconj.lock"
-STORE_FILES = ("store.sqlite", "store.sqlite-wal", "store.sqlite-shm")
-NOISE_FILE = "noise_scale.csv"
-INPUT_FILES = ("trials.csv", "curves.csv", NOISE_FILE, "config.yaml")  # a sweep's records
-ANALYSIS_FILES = ("optima.csv", "shifts.csv", "summary.md")  # what `hpconj plot` derives from them
+STORE_NAME = "store.sqlite"
+STORE_FILES = (STORE_NAME, f"{STORE_NAME}-wal", f"{STORE_NAME}-shm")
+TRIALS_FILE, CURVES_FILE, NOISE_FILE, CONFIG_FILE = "trials.csv", "curves.csv", "noise_scale.csv", "config.yaml"
+INPUT_FILES = (TRIALS_FILE, CURVES_FILE, NOISE_FILE, CONFIG_FILE)  # a sweep's records
+OPTIMA_FILE, SHIFTS_FILE, SUMMARY_FILE = "optima.csv", "shifts.csv", "summary.md"
+ANALYSIS_FILES = (OPTIMA_FILE, SHIFTS_FILE, SUMMARY_FILE)  # what `hpconj plot` derives from them
 OWNED_FILES = (*STORE_FILES, *INPUT_FILES, MANIFEST, *ANALYSIS_FILES)
 FIGURE_SUFFIXES = (".png", ".svg")
 
@@ -305,7 +308,7 @@ NOISE_REQUIRED = ("seed", "examples", "trace_sigma", "grad_norm_sq", "b_simple")
 
 
 def read_trials(folder: Path) -> pd.DataFrame:
-    return read_table(folder / "trials.csv", TRIAL_REQUIRED)
+    return read_table(folder / TRIALS_FILE, TRIAL_REQUIRED)
 
 
 def read_optional(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
@@ -315,7 +318,7 @@ def read_optional(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
 
 def read_config_data(folder: Path) -> dict[str, Any]:
     """config.yaml as plain data (validated by the caller through hpconj.config)."""
-    path = folder / "config.yaml"
+    path = folder / CONFIG_FILE
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:

@@ -23,8 +23,9 @@ from hpconj.analysis import (
     slice_curves,
 )
 from hpconj.config import ConfigError, config_from_dict
-from hpconj.folder import (CURVE_REQUIRED, NOISE_REQUIRED, FolderError, read_config_data, read_manifest, read_optional,
-                           NOISE_FILE, read_trials, record_hashes, record_problems, refuse_if_busy, write_atomic,
+from hpconj.folder import (CONFIG_FILE, CURVES_FILE, CURVE_REQUIRED, NOISE_FILE, NOISE_REQUIRED, OPTIMA_FILE,
+                           SHIFTS_FILE, SUMMARY_FILE, TRIALS_FILE, FolderError, read_config_data, read_manifest,
+                           read_optional, read_trials, record_hashes, record_problems, refuse_if_busy, write_atomic,
                            writer_lock)
 
 
@@ -59,7 +60,7 @@ def result_folders(paths: list[Path]) -> list[Path]:
     for path in paths:
         if not path.is_dir():
             raise ReportError(f"{path}: no such results folder")
-        if (path / "trials.csv").is_file():
+        if (path / TRIALS_FILE).is_file():
             found.append(path)
             continue
         inside = sorted(p.parent for p in path.glob("*/trials.csv"))
@@ -74,8 +75,8 @@ def load_results(folder: Path) -> Results:
     """The folder's records, every column checked: ReportError naming the file (and column and line)."""
     try:
         trials = read_trials(folder)
-        curves = read_optional(folder / "curves.csv", CURVE_REQUIRED)
-        config = read_config_data(folder) if (folder / "config.yaml").is_file() else {}
+        curves = read_optional(folder / CURVES_FILE, CURVE_REQUIRED)
+        config = read_config_data(folder) if (folder / CONFIG_FILE).is_file() else {}
         noise = read_optional(folder / NOISE_FILE, NOISE_REQUIRED)
     except FolderError as exc:
         raise ReportError(str(exc)) from None
@@ -98,7 +99,7 @@ def verified_results(folder: Path, accept_unverified: bool) -> Results:
     if manifest is None:
         return replace(results, warnings=(f"{folder / 'manifest.json'}: missing or damaged; results not verified",))
     try:
-        config = config_from_dict(results.config, label=str(folder / "config.yaml"))
+        config = config_from_dict(results.config, label=str(folder / CONFIG_FILE))
     except ConfigError as exc:
         raise ReportError(f"{folder / 'config.yaml'}: not a valid config ({exc.lines[0]})") from None
     problems = record_problems(folder, manifest, results.trials, config)
@@ -273,7 +274,7 @@ def plot_folder(folder: Path, accept_unverified: bool) -> tuple[Frames, list[Pat
 
 def write_tables(frames: Frames, folder: Path) -> list[Path]:
     """optima.csv, shifts.csv and summary.md in the results folder."""
-    paths = [folder / "optima.csv", folder / "shifts.csv", folder / "summary.md"]
+    paths = [folder / name for name in (OPTIMA_FILE, SHIFTS_FILE, SUMMARY_FILE)]
     write_atomic(paths[0], frames.optima.to_csv(index=False))
     write_atomic(paths[1], frames.shifts.to_csv(index=False))
     write_atomic(paths[2], summary_markdown(frames))

@@ -29,8 +29,8 @@ import hpconj
 from hpconj.analysis import best_grid_lr, optima, shifts
 from hpconj.config import Config, config_from_dict
 from hpconj.engine.base import tensors_digest
-from hpconj.folder import (CURVE_REQUIRED, FolderError, read_config_data, read_optional, read_table, read_trials,
-                           sha256_file, trial_set)
+from hpconj.folder import (CONFIG_FILE, CURVES_FILE, CURVE_REQUIRED, OPTIMA_FILE, SHIFTS_FILE, FolderError,
+                           read_config_data, read_optional, read_table, read_trials, sha256_file, trial_set)
 from hpconj.folder import read_manifest as folder_manifest
 from hpconj.store import TRIAL_COLUMNS, trials_table
 from hpconj.trials import Trial
@@ -233,10 +233,10 @@ def load_stored(folder: Path) -> tuple[Config, pd.DataFrame, pd.DataFrame]:
     try:
         raw = read_config_data(folder)
         trials = read_trials(folder)
-        curves = read_optional(folder / "curves.csv", CURVE_REQUIRED)
+        curves = read_optional(folder / CURVES_FILE, CURVE_REQUIRED)
     except FolderError as exc:
         raise CheckError(str(exc)) from None
-    return config_from_dict(raw, label=str(folder / "config.yaml")), trials, curves
+    return config_from_dict(raw, label=str(folder / CONFIG_FILE)), trials, curves
 
 
 def compare_ids(config: Config, stored: pd.DataFrame, report: CheckReport, folder: Path) -> dict[str, Trial]:
@@ -438,15 +438,15 @@ def compare_analysis(folder: Path, stored: pd.DataFrame, merged: pd.DataFrame, r
     bootstrap over 2–4 seeds gives intervals whose edges sit on the estimate itself). The
     re-derivation runs whether or not `hpconj plot` has written the tables."""
     try:
-        tables = {name: read_table(folder / name) for name in ("optima.csv", "shifts.csv") if (folder / name).is_file()}
+        tables = {name: read_table(folder / name) for name in (OPTIMA_FILE, SHIFTS_FILE) if (folder / name).is_file()}
     except FolderError as exc:
         raise CheckError(str(exc)) from None
     from_stored, now = optima(stored), optima(merged)
     shifts_stored, shifts_now = shifts(stored, from_stored), shifts(merged, now)
-    if "optima.csv" in tables:
-        _compare_optima_table(tables["optima.csv"], from_stored, report, "optima.csv", 1e-9)
-    if "shifts.csv" in tables:
-        _compare_shift_table(tables["shifts.csv"], shifts_stored, report, "shifts.csv", 1e-9)
+    if OPTIMA_FILE in tables:
+        _compare_optima_table(tables[OPTIMA_FILE], from_stored, report, OPTIMA_FILE, 1e-9)
+    if SHIFTS_FILE in tables:
+        _compare_shift_table(tables[SHIFTS_FILE], shifts_stored, report, SHIFTS_FILE, 1e-9)
     if exact:
         _compare_optima_table(from_stored, now, report, "optima (re-run)", 1e-9)
         _compare_shift_table(shifts_stored, shifts_now, report, "shifts (re-run)", 1e-9)

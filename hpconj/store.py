@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from hpconj.folder import NOISE_FILE, write_atomic
+from hpconj.folder import CURVES_FILE, NOISE_FILE, STORE_NAME, TRIALS_FILE, write_atomic
 from hpconj.records import NoiseEstimate, TrialResult
 from hpconj.trials import Trial
 
-STORE_NAME = "store.sqlite"
 DONE_STATUSES = ("ok", "diverged")  # `failed` trials run again on resume
 
 TRIAL_COLUMNS = [
@@ -181,7 +180,7 @@ def trials_table(frame: pd.DataFrame, metric_name: str) -> pd.DataFrame:
 
 def export_csv(store: Store, folder: Path, metric_name: str) -> tuple[Path, Path]:
     """trials.csv and curves.csv from the store (floats in full precision, +inf as `inf`)."""
-    trials_path, curves_path = folder / "trials.csv", folder / "curves.csv"
+    trials_path, curves_path = folder / TRIALS_FILE, folder / CURVES_FILE
     write_atomic(trials_path, store.trials_frame(metric_name).to_csv(index=False))
     write_atomic(curves_path, store.curves_frame().to_csv(index=False))
     return trials_path, curves_path

@@ -31,8 +31,8 @@ from hpconj.config import Config
 from hpconj.engine import TrialResult
 from hpconj.executor import Executor
 from hpconj.workers import split_units
-from hpconj.folder import (INPUT_FILES, MANIFEST, STORE_FILES, FolderError, check_writable_here, read_manifest,
-                           record_hashes, remove_analysis, write_atomic, writer_lock)
+from hpconj.folder import (CONFIG_FILE, INPUT_FILES, MANIFEST, STORE_FILES, FolderError, check_writable_here,
+                           read_manifest, record_hashes, remove_analysis, write_atomic, writer_lock)
 from hpconj.noise import measure_noise_scale, noise_examples
 from hpconj.repro import apply_determinism, arithmetic_fingerprint
 from hpconj.store import Store, StoreError, export_csv, export_noise_csv
@@ -192,7 +192,7 @@ def _different_experiment(folder: Path, previous: dict[str, Any], config: Config
 def _stored_config(folder: Path) -> dict[str, Any]:
     """The config.yaml a sweep left in its folder, as plain data ({} when absent or unreadable)."""
     try:
-        data = yaml.safe_load((folder / "config.yaml").read_text())
+        data = yaml.safe_load((folder / CONFIG_FILE).read_text())
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -274,7 +274,7 @@ def _run_locked(
         remove_analysis(folder)  # stale once new trials land: run hpconj plot again
     units = split_units(plan.cohorts, {t.trial_id for t in todo}, executor.chunk_size, executor.resources.workers)
     by_id = {t.trial_id: t for t in todo}
-    write_atomic(folder / "config.yaml", yaml.safe_dump(config.canonical(), sort_keys=False))
+    write_atomic(folder / CONFIG_FILE, yaml.safe_dump(config.canonical(), sort_keys=False))
     write_manifest(folder, config, store, executor, device, started, None, "running")
     on_device = task.to(device)
     if on_start is not None:
@@ -379,7 +379,7 @@ def write_manifest(
         "trials": {"planned": len(expand_trials(config)), **store.counts()},
         "pid": os.getpid(),
     }
-    previous = folder / "manifest.json"
+    previous = folder / MANIFEST
     if previous.is_file():  # keep the recorded file hashes until record_hashes replaces them
         try:
             manifest["files"] = json.loads(previous.read_text()).get("files", {})
