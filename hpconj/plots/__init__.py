@@ -1,0 +1,102 @@
+"""Figures of a sweep: they only DRAW the DataFrames of `hpconj.analysis` (nothing statistical here).
+
+Every function returns a `matplotlib.figure.Figure` built without pyplot, so no global figure
+state is created or leaked; `write_figures` saves them as PNG (150 dpi) and SVG.
+
+Artists that tests (or readers) may want to find carry a `gid`:
+
+- ``"curve"``: a slice's seed-mean metric against log2 lr (finite points; gaps where diverged),
+- ``"band"``: the seed spread (min..max over seeds of finite values),
+- ``"optimum"``: an optimum marker (hollow when the optimum is at the edge of the grid),
+- ``"optimum-interval"``: its horizontal (or vertical) interval bar,
+- ``"diverged"``: '×' markers at the top of a panel where the seed-mean metric is +inf (diverged),
+- ``"fit"``: a fitted line log2 lr* = intercept + slope·x,
+- ``"guide"``: the grey reference lines of slope 1, ½ and 0,
+- ``"optimum-path"``: the optimum per batch size on a heatmap,
+- ``"heatmap"`` / ``"heatmap-diverged"``: the metric cells and the diverged cells,
+- ``"training"``: a seed-mean training curve,
+- ``"noise-scale"``: the vertical line at the gradient noise scale B_simple (optimum shift
+  against batch size), with its text ``"noise-scale-label"``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+# Headless by default (these figures never need a GUI: they are drawn with FigureCanvasAgg), but never
+# override a backend the user chose (MPLBACKEND) or a session already running pyplot (a notebook).
+if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND"):
+    matplotlib.use("Agg")
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from hpconj.plots.heatmap import metric_heatmap
+from hpconj.plots.loss_vs_lr import loss_vs_lr
+from hpconj.plots.optimum_shift import optimum_shift
+from hpconj.plots.style import STYLE, Log2Locator, _frame, _sorted_values, power_of_two
+from hpconj.plots.training import training_curves
+
+__all__ = [
+    "loss_vs_lr",
+    "optimum_shift",
+    "metric_heatmap",
+    "training_curves",
+    "write_figures",
+    "power_of_two",
+    "Log2Locator",
+]
+
+
+# -------------------------------------------------------------------------------------------- writing
+
+
+def write_figures(frames: Mapping[str, pd.DataFrame] | Any, meta: Mapping[str, Any] | None, folder: Path) -> list[Path]:
+    """Save every figure that has data as PNG (150 dpi) and SVG under `folder/"plots"`.
+
+    `frames` maps (or has attributes) curves, optima, shifts, training and, optionally, noise
+    (drawn on optimum_shift_batch_size). Written, when their
+    frame is not empty: loss_vs_lr_batch_size, loss_vs_lr_momentum (more than one momentum),
+    optimum_shift_batch_size (more than one batch size), optimum_shift_momentum (more than one
+    momentum), metric_heatmap, training_curves. Returns the paths written, in that order.
+    """
+    curves, optima = _frame(frames, "curves"), _frame(frames, "optima")
+    shifts, training = _frame(frames, "shifts"), _frame(frames, "training")
+    noise = _frame(frames, "noise")
+    jobs: list[tuple[str, Callable[[], Figure]]] = []
+    if not curves.empty:
+        jobs.append(("loss_vs_lr_batch_size", lambda: loss_vs_lr(curves, optima, meta, by="batch_size")))
+        if len(_sorted_values(curves, "momentum")) > 1:
+            jobs.append(("loss_vs_lr_momentum", lambda: loss_vs_lr(curves, optima, meta, by="momentum")))
+    if not optima.empty:
+        if len(_sorted_values(optima, "batch_size")) > 1:
+            jobs.append(("optimum_shift_batch_size", lambda: optimum_shift(optima, shifts, meta, axis="batch_size",
+                                                                          noise=noise)))
+        if len(_sorted_values(optima, "momentum")) > 1:
+            jobs.append(("optimum_shift_momentum", lambda: optimum_shift(optima, shifts, meta, axis="momentum")))
+    if not curves.empty:
+        jobs.append(("metric_heatmap", lambda: metric_heatmap(curves, optima, meta)))
+    if not training.empty:
+        jobs.append(("training_curves", lambda: training_curves(training, meta)))
+
+    out = Path(folder) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for name, make in jobs:
+        figure = make()
+        # a fixed hash salt makes the SVG's element ids, and so its bytes, the same on every run
+        with matplotlib.rc_context({**STYLE, "svg.hashsalt": "hpconj"}):
+            for suffix, options in ((".png", {"dpi": 150, "metadata": {"Software": None}}),
+                                    (".svg", {"metadata": {"Date": None, "Creator": None}})):
+                path = out / f"{name}{suffix}"
+                figure.savefig(path, facecolor="white", **options)
+                written.append(path)
+                # The layout (in inches, so the same for every format) is known now: keep it instead of
+                # solving it again for the next format (constrained layout costs a full draw).
+                figure.set_layout_engine("none")
+    return written
