@@ -35,6 +35,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from hpconj.records import STATUSES
+
 # Every name hpconj writes in a results folder; nothing else in hpconj spells them out.
 MANIFEST = "manifest.json"
 LOCK_NAME = ".hpconj.lock"
@@ -236,7 +238,6 @@ def refuse_if_busy(folder: Path) -> None:
 TEXT_COLUMNS = ("trial_id", "status", "parameterization", "optimizer", "axis", "fixed", "error", "params_sha256")
 INTEGER_COLUMNS = ("batch_size", "seed", "steps", "examples", "step", "n_seeds", "n_slices", "n_edge",
                    "reference_batch_size")
-STATUSES = ("ok", "diverged", "failed")
 
 
 def read_table(path: Path, required: tuple[str, ...] = ()) -> pd.DataFrame:

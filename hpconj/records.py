@@ -8,6 +8,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+OK, DIVERGED, FAILED = "ok", "diverged", "failed"
+STATUSES = (OK, DIVERGED, FAILED)  # how a trial ended
+DONE_STATUSES = (OK, DIVERGED)  # recorded for good; a failed trial runs again on resume
+
 
 @dataclass(frozen=True)
 class CurvePoint:
@@ -19,7 +23,7 @@ class CurvePoint:
 @dataclass(frozen=True)
 class TrialResult:
     trial_id: str
-    status: str  # ok | diverged | failed
+    status: str  # one of STATUSES
     train_loss: float
     val_loss: float
     val_error: float

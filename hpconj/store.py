@@ -15,10 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 from hpconj.folder import CURVES_FILE, NOISE_FILE, STORE_NAME, TRIALS_FILE, write_atomic
-from hpconj.records import NoiseEstimate, TrialResult
+from hpconj.records import DONE_STATUSES, NoiseEstimate, TrialResult
 from hpconj.trials import Trial
 
-DONE_STATUSES = ("ok", "diverged")  # `failed` trials run again on resume
 
 TRIAL_COLUMNS = [
     "trial_id", "status", "parameterization", "optimizer", "lr", "batch_size", "momentum", "seed",
