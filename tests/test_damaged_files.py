@@ -31,6 +31,14 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def every_reader_refuses(folder: Path, *needles: str) -> None:
+    """plot, table and check each refuse the folder with one line holding the needles; nothing changes."""
+    before = snapshot(folder)
+    for args in (("plot",), ("table",), ("check", "--trials", "1")):
+        refusal(run_here(args[0], str(folder), *args[1:]), *needles)
+    assert snapshot(folder) == before
+
+
 def set_cell(path: Path, row: int, column: str, value: str) -> None:
     """Put `value` into data row `row` (0-based; file line row + 2) of a CSV, leaving every other byte."""
     lines = path.read_text().splitlines(keepends=True)
@@ -108,11 +116,7 @@ def test_truncated_manifest_is_named_and_nothing_changes(copy):
 @pytest.mark.parametrize("content", [bytes(range(256)) * 8, b""], ids=["binary", "empty"])
 def test_unreadable_trials_file_is_one_line(copy, content):
     (copy / "trials.csv").write_bytes(content)
-    before = snapshot(copy)
-    refusal(run_here("plot", str(copy)), "trials.csv")
-    refusal(run_here("table", str(copy)), "trials.csv")
-    refusal(run_here("check", str(copy), "--trials", "1"), "trials.csv")
-    assert snapshot(copy) == before
+    every_reader_refuses(copy, "trials.csv")
 
 
 # ----------------------------------------------------------------------------- 5: a forger who recomputed the hash
@@ -153,11 +157,7 @@ def test_differences_table_shows_plain_numbers(copy):
 # ----------------------------------------------------------------------------- 7: a damaged config
 def test_malformed_config_yaml_is_named(copy):
     (copy / "config.yaml").write_text("name: tiny\nsweep: [unclosed\nbudget: {epochs: 2}\n")
-    before = snapshot(copy)
-    refusal(run_here("plot", str(copy)), "config.yaml")
-    refusal(run_here("table", str(copy)), "config.yaml")
-    refusal(run_here("check", str(copy), "--trials", "1"), "config.yaml")
-    assert snapshot(copy) == before
+    every_reader_refuses(copy, "config.yaml")
 
 
 def test_a_file_named_plots_is_refused_before_anything_is_written(copy):
