@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from hpconj.records import DIVERGED, DONE_STATUSES
+
 SLICE_AXES = ["parameterization", "optimizer", "batch_size", "momentum"]
 SHIFT_AXES = {"batch_size": "log2 B", "momentum": "log2(1 − β)"}
 NOISE_SUMMARY_COLUMNS = ["row", "seed", "examples", "trace_sigma", "grad_norm_sq", "b_simple"]
@@ -48,7 +50,7 @@ def slice_curves(trials: pd.DataFrame) -> pd.DataFrame:
     Diverged trials count as +inf (so any diverged seed makes the mean +inf); failed trials
     are left out.
     """
-    finished = trials[trials["status"].isin(["ok", "diverged"])].copy()
+    finished = trials[trials["status"].isin(DONE_STATUSES)].copy()
     finished["finite"] = finished["metric"].where(np.isfinite(finished["metric"]))
     grouped = finished.groupby(SLICE_AXES + ["lr"], sort=True)
     out = grouped.agg(
@@ -56,7 +58,7 @@ def slice_curves(trials: pd.DataFrame) -> pd.DataFrame:
         metric_lo=("finite", "min"),
         metric_hi=("finite", "max"),
         n_seeds=("seed", "nunique"),
-        n_diverged=("status", lambda s: int((s == "diverged").sum())),
+        n_diverged=("status", lambda s: int((s == DIVERGED).sum())),
     ).reset_index()
     out.insert(out.columns.get_loc("lr") + 1, "log2_lr", np.log2(out["lr"]))
     return out
@@ -64,7 +66,7 @@ def slice_curves(trials: pd.DataFrame) -> pd.DataFrame:
 
 def seed_matrix(trials: pd.DataFrame) -> dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per slice: (log2 lr grid [L], seeds [S], metric [S, L]); missing cells are NaN."""
-    finished = trials[trials["status"].isin(["ok", "diverged"])]
+    finished = trials[trials["status"].isin(DONE_STATUSES)]
     out = {}
     for key, group in finished.groupby(SLICE_AXES, sort=True):
         table = group.pivot_table(index="seed", columns="lr", values="metric", aggfunc="first")
@@ -189,9 +191,13 @@ def shifts(trials: pd.DataFrame, optimum: pd.DataFrame | None = None) -> pd.Data
             if len(group) < 2:
                 continue
             rows.append(_shift_row(axis, other, param, opt, fixed, group, matrices, boot))
-    columns = ["parameterization", "optimizer", "axis", "fixed", "slope", "slope_lo", "slope_hi", "intercept",
-               "shift_octaves", "regret_max", "regret_mean", "n_slices", "n_edge"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=SHIFT_COLUMNS)
+
+
+# `fixed` says in words where a shift was measured ("momentum=0.9"); `fixed_<axis>` says it in
+# numbers (the value the axis was held at, NaN for the axis the shift runs along), for code to select on.
+SHIFT_COLUMNS = ["parameterization", "optimizer", "axis", "fixed", *(f"fixed_{a}" for a in SHIFT_AXES), "slope",
+                 "slope_lo", "slope_hi", "intercept", "shift_octaves", "regret_max", "regret_mean", "n_slices", "n_edge"]
 
 
 def _shift_row(axis: str, other: str, param: str, opt: str, fixed: float, group: pd.DataFrame,
@@ -214,7 +220,8 @@ def _shift_row(axis: str, other: str, param: str, opt: str, fixed: float, group:
     regrets = _regrets(axis, param, opt, fixed, group, matrices)
     finite_regret = [r for r in regrets if not math.isnan(r)]
     return (
-        param, opt, axis, f"{other}={fixed:g}", float(slope), float(lo), float(hi), float(intercept), shift,
+        param, opt, axis, f"{other}={fixed:g}", *(float(fixed) if a == other else math.nan for a in SHIFT_AXES),
+        float(slope), float(lo), float(hi), float(intercept), shift,
         max(finite_regret) if finite_regret else math.nan,
         float(np.mean(finite_regret)) if finite_regret else math.nan,
         len(group), int(group["at_edge"].sum()),

@@ -243,6 +243,7 @@ def init(
 @reports_errors
 def tasks(debug: bool = DebugOpt) -> None:
     """List the built-in models, data sets, optimizers and parameterizations."""
+    from hpconj.optim import OPTIMIZERS
     from hpconj.parameterizations import PARAMETERIZATIONS
     from hpconj.tasks import describe_datasets, describe_models
 
@@ -254,17 +255,8 @@ def tasks(debug: bool = DebugOpt) -> None:
         table.add_row("model", name, text)
     for name, text in describe_datasets().items():
         table.add_row("data", name, text)
-    optimizers = {
-        "sgd": "θ ← θ − η·g (momentum must be 0)",
-        "momentum": "heavy ball, torch.optim.SGD: v ← β·v + g; θ ← θ − η·v",
-        "nesterov": "torch.optim.SGD(nesterov=True): θ ← θ − η·(g + β·v)",
-        "adam": "torch.optim.Adam; β1 is the momentum axis (default 0.9), adam: {beta2, eps}",
-        "rmsprop": "torch.optim.RMSprop (not centered); momentum axis, rmsprop: {alpha, eps}",
-        "adagrad": "torch.optim.Adagrad (momentum must be 0), adagrad: {eps}",
-        "mcallester": "McAllester's noise-adaptive SGD; lr is λ_η, mcallester: {lambda_b, eps, warmup}",
-    }
-    for name, text in optimizers.items():
-        table.add_row("optimizer", name, text)
+    for name, entry in OPTIMIZERS.items():
+        table.add_row("optimizer", name, entry.description)
     for name, fn in PARAMETERIZATIONS.items():
         table.add_row("parameterization", name, (fn.__doc__ or "").strip().splitlines()[0])
     out.print(table)

@@ -21,16 +21,16 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from hpconj.config import TaskSpec
 from hpconj.engine import TrialResult, get_engine
 from hpconj.engine.base import EXAMPLE_GRADIENT_FLOATS
-from hpconj.repro import apply_determinism
 from hpconj.tasks import Task
-from hpconj.workers import ExecutorError, Resources, WorkUnit, prepare_worker, run_unit, task_on_worker
+from hpconj.workers import (Executor, ExecutorError, Resources, WorkUnit, apply_determinism, prepare_worker,
+                            run_unit, task_on_worker)
 
 
 EXECUTORS = ("local", "ray")
@@ -147,24 +147,9 @@ def _build_task(spec: TaskSpec, device: str) -> None:
 
 
 # ----------------------------------------------------------------------------- choosing one
-class Executor(Protocol):
-    """What run_sweep needs: LocalExecutor and ray_executor.RayExecutor both provide it."""
-
-    kind: str
-    engine_name: str
-    resources: Resources
-    chunk_size: int
-
-    def run(self, task: Task, spec: TaskSpec, units: list[WorkUnit], device: torch.device) -> Iterator[TrialResult]: ...
-
-    def close(self, terminate: bool = False) -> None: ...
-
-    def manifest_info(self) -> dict[str, Any]: ...
-
-
 def make_executor(kind: str, engine: str, *, task: Task, device: torch.device, batch_sizes: Sequence[int],
                   chunk_size: int, workers: int | None, threads: int | None, units: int,
-                  trial_steps: int | None = None, address: str | None = None) -> Any:
+                  trial_steps: int | None = None, address: str | None = None) -> Executor:
     """An executor of `kind` (local | ray), its chunk size fitted to the device's memory on CUDA.
 
     Raises ExecutorError for an unknown kind, `ray` without Ray installed, or a cluster that cannot

@@ -20,6 +20,7 @@ from hpconj.analysis import best_grid_lr
 from hpconj.config import Config
 from hpconj.engine import TrialResult
 from hpconj.folder import read_trials
+from hpconj.records import DIVERGED, FAILED
 from hpconj.sweep import SweepOutcome
 from hpconj.trials import Trial
 
@@ -55,8 +56,8 @@ class SweepProgress:
         self.task_id = self.progress.add_task("sweep", total=total, completed=already_done, diverged=0, failed=0)
 
     def advance(self, trial: Trial, result: TrialResult) -> None:
-        self.diverged += result.status == "diverged"
-        self.failed += result.status == "failed"
+        self.diverged += result.status == DIVERGED
+        self.failed += result.status == FAILED
         self.progress.update(self.task_id, advance=1, diverged=self.diverged, failed=self.failed)
 
 

@@ -27,6 +27,7 @@ from hpconj.folder import (CONFIG_FILE, CURVES_FILE, CURVE_REQUIRED, NOISE_FILE,
                            SHIFTS_FILE, SUMMARY_FILE, TRIALS_FILE, FolderError, read_config_data, read_manifest,
                            read_optional, read_trials, record_hashes, record_problems, refuse_if_busy, write_atomic,
                            writer_lock)
+from hpconj.records import OK
 
 
 class ReportError(ValueError):
@@ -153,7 +154,7 @@ def training_at_optimum(trials: pd.DataFrame, curves: pd.DataFrame, optimum: pd.
     keys = ["parameterization", "optimizer", "batch_size", "momentum"]
     picked = []
     for _, row in optimum[np.isfinite(optimum["log2_lr_opt"])].iterrows():
-        mask = np.logical_and.reduce([trials[k] == row[k] for k in keys]) & (trials["status"] == "ok")
+        mask = np.logical_and.reduce([trials[k] == row[k] for k in keys]) & (trials["status"] == OK)
         candidates = trials[mask]
         if candidates.empty:
             continue

@@ -1,4 +1,5 @@
-"""Reproducibility: determinism settings, the environment, integrity checks, and re-running trials.
+"""Reproducibility: the environment, integrity checks, and re-running trials (the determinism
+settings every worker computes under are hpconj.workers's).
 
 Two levels of `hpconj check`. When this environment matches the one in manifest.json (hpconj
 and torch versions, OS/architecture/C library, torch's CPU vector capability, the arithmetic
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import platform
 import re
 from collections.abc import Iterable
@@ -29,11 +29,13 @@ import hpconj
 from hpconj.analysis import best_grid_lr, optima, shifts
 from hpconj.config import Config, config_from_dict
 from hpconj.engine.base import tensors_digest
-from hpconj.folder import (CONFIG_FILE, CURVES_FILE, CURVE_REQUIRED, OPTIMA_FILE, SHIFTS_FILE, FolderError,
-                           read_config_data, read_optional, read_table, read_trials, sha256_file, trial_set)
+from hpconj.folder import (CONFIG_FILE, CURVES_FILE, CURVE_REQUIRED, OPTIMA_FILE, SHIFTS_FILE, TRIALS_FILE,
+                           FolderError, read_config_data, read_optional, read_table, read_trials, sha256_file, trial_set)
 from hpconj.folder import read_manifest as folder_manifest
+from hpconj.records import DIVERGED, OK
 from hpconj.store import TRIAL_COLUMNS, trials_table
 from hpconj.trials import Trial
+from hpconj.workers import apply_determinism
 
 SLICE_KEYS = ["parameterization", "optimizer", "batch_size", "momentum"]
 COMPARED = ("status", "train_loss", "val_loss", "val_error", "metric", "steps", "examples")
@@ -41,21 +43,6 @@ COMPARED = ("status", "train_loss", "val_loss", "val_error", "metric", "steps", 
 
 class CheckError(ValueError):
     """The folder cannot be checked at all (bad input: exit status 2)."""
-
-
-# ----------------------------------------------------------------------------- determinism
-def apply_determinism(device: torch.device | None = None) -> dict[str, Any]:
-    """Deterministic kernels everywhere (and the cuBLAS workspace CUDA needs for them)."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-    return {
-        "use_deterministic_algorithms": True,
-        "cudnn_deterministic": True,
-        "cudnn_benchmark": False,
-        "CUBLAS_WORKSPACE_CONFIG": os.environ["CUBLAS_WORKSPACE_CONFIG"],
-    }
 
 
 # ----------------------------------------------------------------------------- hashes
@@ -243,10 +230,10 @@ def compare_ids(config: Config, stored: pd.DataFrame, report: CheckReport, folde
     """Every stored trial must be one the stored config asks for, and none may be missing."""
     planned, foreign, missing = trial_set(config, stored)
     if foreign:
-        report.add("config.yaml", "trial ids", f"{len(foreign)} trials of trials.csv",
+        report.add(CONFIG_FILE, "trial ids", f"{len(foreign)} trials of {TRIALS_FILE}",
                    "not produced by the stored config (was it edited?)")
     for trial_id in missing:
-        report.add(f"trials.csv trial {trial_id}", "row", "expected by the config", "missing")
+        report.add(f"{TRIALS_FILE} trial {trial_id}", "row", "expected by the config", "missing")
     return planned
 
 
@@ -345,7 +332,7 @@ def compare_conclusions(stored: pd.DataFrame, rerun: pd.DataFrame, stored_curves
     for _, row in rerun.iterrows():
         old = by_id.loc[row["trial_id"]]
         where = f"trials.csv trial {row['trial_id']}"
-        for name in ("steps", "examples") if old["status"] == "ok" == row["status"] else ():  # a divergence may come sooner
+        for name in ("steps", "examples") if old["status"] == OK == row["status"] else ():  # a divergence may come sooner
             if not same(old[name], row[name], 0.0, 0.0):
                 report.add(where, name, old[name], row[name])
         key = tuple(old[k] for k in SLICE_KEYS)
@@ -356,7 +343,7 @@ def compare_conclusions(stored: pd.DataFrame, rerun: pd.DataFrame, stored_curves
             report.add(where, "status" if old["status"] != row["status"] else "metric",
                        old["status"] if old["status"] != row["status"] else old["metric"],
                        row["status"] if old["status"] != row["status"] else row["metric"])
-        elif stable and old["status"] == "ok" == row["status"]:
+        elif stable and old["status"] == OK == row["status"]:
             stable_ids.append(row["trial_id"])
     _compare_curves(stable_ids, stored, stored_curves, rerun_curves, report)
 
@@ -366,10 +353,10 @@ def _agrees(noise: SliceNoise, lr: float, old: pd.Series, new: pd.Series, quantu
     window = noise.window(lr)
     below = lr < noise.best
     if old["status"] != new["status"]:
-        if lr > noise.best and new["status"] == "diverged":
+        if lr > noise.best and new["status"] == DIVERGED:
             # up the cliff a run may diverge on one machine and collapse on another
             above = [w for w in noise.grid if w >= window[0]]
-            if any("diverged" in noise.statuses.get(w, set()) for w in above):
+            if any(DIVERGED in noise.statuses.get(w, set()) for w in above):
                 return True, below
             if _log_metric([old["metric"]])[0] >= np.nanmin(noise.logs[noise.best]) + math.log(CLIFF_FACTOR):
                 return True, below

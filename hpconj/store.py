@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from hpconj.folder import CURVES_FILE, NOISE_FILE, STORE_NAME, TRIALS_FILE, write_atomic
-from hpconj.records import DONE_STATUSES, NoiseEstimate, TrialResult
+from hpconj.records import DIVERGED, DONE_STATUSES, FAILED, NoiseEstimate, TrialResult
 from hpconj.trials import Trial
 
 
@@ -170,8 +170,8 @@ def trials_table(frame: pd.DataFrame, metric_name: str) -> pd.DataFrame:
     for col in ("train_loss", "val_loss", "val_error"):
         frame[col] = frame[col].astype(float)
     frame["metric"] = frame[metric_name]
-    frame.loc[frame["status"] == "diverged", "metric"] = math.inf
-    frame.loc[frame["status"] == "failed", "metric"] = math.nan
+    frame.loc[frame["status"] == DIVERGED, "metric"] = math.inf
+    frame.loc[frame["status"] == FAILED, "metric"] = math.nan
     frame["reference_batch_size"] = frame["reference_batch_size"].astype("Int64")
     frame = frame.sort_values(_SORT, kind="stable").reset_index(drop=True)
     return frame[TRIAL_COLUMNS]

@@ -29,15 +29,16 @@ import yaml
 import hpconj
 from hpconj.config import Config
 from hpconj.engine import TrialResult
-from hpconj.executor import Executor
-from hpconj.workers import split_units
 from hpconj.folder import (CONFIG_FILE, INPUT_FILES, MANIFEST, STORE_FILES, FolderError, check_writable_here,
                            read_manifest, record_hashes, remove_analysis, write_atomic, writer_lock)
 from hpconj.noise import measure_noise_scale, noise_examples
-from hpconj.repro import apply_determinism, arithmetic_fingerprint
+from hpconj.optim import OPTIMIZERS
+from hpconj.records import FAILED
+from hpconj.repro import arithmetic_fingerprint
 from hpconj.store import Store, StoreError, export_csv, export_noise_csv
 from hpconj.tasks import Task, TaskError, build_task
 from hpconj.trials import Cohort, Trial, expand_trials, group_cohorts
+from hpconj.workers import Executor, apply_determinism, split_units
 
 
 log = logging.getLogger("hpconj")
@@ -92,6 +93,7 @@ def plan_sweep(config: Config, task: Task, *, yes: bool = False) -> SweepPlan:
         raise SweepError("metric.name: val_error needs classes, but task.data is a regression target; "
                          "use val_loss or train_loss")
     steps = {}
+    entry = OPTIMIZERS[config.optimizer]
     for b in config.sweep.batch_size:
         try:
             task.check_batch_size(b)
@@ -100,10 +102,9 @@ def plan_sweep(config: Config, task: Task, *, yes: bool = False) -> SweepPlan:
         steps[b] = task.steps(config.budget, b)
         if steps[b] < 1:
             raise SweepError(f"budget: batch size {b} gets 0 steps; raise the budget or lower the batch size")
-        if config.optimizer == "mcallester" and steps[b] <= config.mcallester.warmup:
-            raise SweepError(f"mcallester.warmup: batch size {b} gets {steps[b]} steps, no more than the "
-                             f"{config.mcallester.warmup} warm-up steps in which McAllester's SGD does not move; "
-                             "lower the warm-up or raise the budget")
+        problem = entry.check_steps(config.optimizer_settings, {b: steps[b]}) if entry.check_steps else None
+        if problem is not None:
+            raise SweepError(problem)
     cost = None
     if not yes:
         cost = estimate_cost(config, task, steps)
@@ -285,7 +286,7 @@ def _run_locked(
             trial = by_id[result.trial_id]
             store.record(trial, result, executor.engine_name, str(device))
             outcome.ran += 1
-            if result.status == "failed":
+            if result.status == FAILED:
                 outcome.failures.append(f"trial {trial.trial_id} (lr={trial.lr:g}, B={trial.batch_size}): {result.error}")
             if on_result is not None:
                 on_result(trial, result)

@@ -12,7 +12,8 @@ from itertools import product
 from typing import Any
 
 from hpconj.config import Budget, Config, Record, TaskSpec, stable_hash
-from hpconj.parameterizations import USES_REFERENCE_BATCH_SIZE, Hyperparameters, Native, native_settings
+from hpconj.optim import Hyperparameters, Native
+from hpconj.parameterizations import USES_REFERENCE_BATCH_SIZE, native_settings
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
 from hpconj.config import TaskSpec
 from hpconj.engine import TrialResult, get_engine
 from hpconj.engine.base import retain_freed_memory
-from hpconj.repro import apply_determinism
 from hpconj.tasks import Task, build_task
 from hpconj.trials import Cohort, Trial
 
@@ -26,6 +26,20 @@ from hpconj.trials import Cohort, Trial
 SMALL_SWEEP_STEPS = 50_000
 # Trials a worker trains before reporting back: stacking gains little beyond ~64 (measured).
 UNIT_TRIALS = 64
+
+def apply_determinism(device: torch.device | None = None) -> dict[str, Any]:
+    """Deterministic kernels everywhere (and the cuBLAS workspace CUDA needs for them)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    return {
+        "use_deterministic_algorithms": True,
+        "cudnn_deterministic": True,
+        "cudnn_benchmark": False,
+        "CUBLAS_WORKSPACE_CONFIG": os.environ["CUBLAS_WORKSPACE_CONFIG"],
+    }
+
 
 class ExecutorError(RuntimeError):
     """The executor cannot run the sweep: Ray missing or unreachable, a task that raised or was
@@ -43,7 +57,7 @@ def usable_cores() -> int:
 
 
 def split_units(cohorts: Sequence[Cohort], todo: set[str], chunk_size: int, workers: int) -> list[WorkUnit]:
-    """Chunks of at most `chunk_size` unfinished trials; with several workers, each cohort is cut
+    """Work units of at most `chunk_size` unfinished trials; with several workers, each cohort is cut
     into at least `workers` pieces so that no worker waits while another has a whole cohort, and
     into pieces of at most UNIT_TRIALS, since a worker returns a piece only when all of it is done
     (a killed sweep loses the pieces in flight, never a recorded trial)."""
@@ -114,3 +128,24 @@ def run_unit(engine_name: str, chunk_size: int, spec: TaskSpec, unit: WorkUnit, 
     engine = get_engine(engine_name, chunk_size=chunk_size)
     task, _ = task_on_worker(spec, device)
     return list(engine.run(task, unit.trials, torch.device(device)))
+
+
+class Executor(Protocol):
+    """Where work units run, as run_sweep sees it: executor.LocalExecutor and ray_executor.RayExecutor
+    provide it, executor.make_executor chooses one. Leaving it as a context manager stops its workers."""
+
+    kind: str
+    engine_name: str
+    resources: Resources
+    chunk_size: int
+
+    def run(self, task: Task, spec: TaskSpec, units: list[WorkUnit], device: torch.device) -> Iterator[TrialResult]: ...
+
+    def close(self, terminate: bool = False) -> None: ...
+
+    def manifest_info(self) -> dict[str, Any]: ...
+
+    def __enter__(self) -> Executor: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+

@@ -11,7 +11,7 @@ import torch
 from hpconj.analysis import interpolated_metric, optima, refine, shifts, slice_curves
 from hpconj.config import load_config
 from hpconj.engine.cohort import CohortEngine
-from hpconj.parameterizations import NativeSGD
+from hpconj.optim import NativeSGD
 from hpconj.tasks import build_task
 from hpconj.tasks.quadratic import expected_excess_loss
 from hpconj.trials import expand_trials

@@ -24,7 +24,7 @@ from hpconj.config import load_config
 from hpconj.engine import stacked
 from hpconj.engine.cohort import CohortEngine, train_cohort
 from hpconj.engine.reference import train_trial
-from hpconj.engine.updates import stack_order, stacked_update
+from hpconj.optim import stack_order, stacked_update
 from hpconj.tasks import build_task
 from hpconj.trials import Trial, expand_trials
 

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-TORCH_FREE = ["hpconj.records", "hpconj.trials", "hpconj.config", "hpconj.parameterizations", "hpconj.folder",
-              "hpconj.store", "hpconj.analysis", "hpconj.report", "hpconj.plots"]
+TORCH_FREE = ["hpconj.records", "hpconj.optim", "hpconj.trials", "hpconj.config", "hpconj.parameterizations",
+              "hpconj.folder", "hpconj.store", "hpconj.analysis", "hpconj.report", "hpconj.plots"]
 
 
 def test_results_side_modules_import_neither_torch_nor_the_engine():

@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import torch
 
-from hpconj.config import AdamSettings, McAllesterSettings, QuadraticTask, RMSpropSettings, AdagradSettings, load_config
+from hpconj.config import QuadraticTask, load_config
 from hpconj.engine.cohort import _example_second_moments, _Stack, train_cohort
-from hpconj.engine.reference import train_trial
+from hpconj.engine.reference import example_second_moments, train_trial
 from hpconj.engine.stacked import layer_plan, stacked_loss_and_grads
-from hpconj.engine.updates import stacked_update
-from hpconj.optimizers import example_second_moments, reference_optimizer
-from hpconj.parameterizations import Hyperparameters, NativeAdam, native_settings
+from hpconj.optim import (AdagradSettings, AdamSettings, Hyperparameters, McAllesterSettings, NativeAdam,
+                          RMSpropSettings, reference_optimizer, stacked_update)
+from hpconj.parameterizations import native_settings
 from hpconj.tasks import build_task
 from hpconj.tasks.base import LossOf
 from hpconj.tasks.quadratic import curvatures

@@ -8,7 +8,8 @@ import torch
 
 from hpconj.config import load_config
 from hpconj.engine.reference import train_trial
-from hpconj.parameterizations import PARAMETERIZATIONS, Hyperparameters, conjugate, native_settings, standard
+from hpconj.optim import Hyperparameters
+from hpconj.parameterizations import PARAMETERIZATIONS, conjugate, native_settings, standard
 from hpconj.tasks import build_task
 from hpconj.trials import Trial
 

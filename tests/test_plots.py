@@ -11,6 +11,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from hpconj import plots
+from hpconj.analysis import SHIFT_COLUMNS
 
 META = {"task": "mlp 64-64-64-10 on digits", "optimizer": "momentum", "budget": "4 epochs", "metric": "val_loss",
         "name": "synthetic"}
@@ -243,10 +244,10 @@ def shifts_per_fixed_value(optima: pd.DataFrame) -> pd.DataFrame:
         for (p, fixed), group in optima.groupby(["parameterization", other]):
             x = np.log2(group[axis]) if axis == "batch_size" else np.log2(1 - group[axis])
             slope, intercept = np.polyfit(x, group.log2_lr_opt, 1)
-            rows.append((p, "momentum", axis, f"{other}={fixed:g}", slope, slope - 0.2, slope + 0.2, intercept, 0.0,
-                         0.0, 0.0, len(group), 0))
-    return pd.DataFrame(rows, columns=["parameterization", "optimizer", "axis", "fixed", "slope", "slope_lo", "slope_hi",
-                                       "intercept", "shift_octaves", "regret_max", "regret_mean", "n_slices", "n_edge"])
+            at = {a: (fixed if a == other else math.nan) for a in ("batch_size", "momentum")}
+            rows.append((p, "momentum", axis, f"{other}={fixed:g}", at["batch_size"], at["momentum"], slope,
+                         slope - 0.2, slope + 0.2, intercept, 0.0, 0.0, 0.0, len(group), 0))
+    return pd.DataFrame(rows, columns=SHIFT_COLUMNS)
 
 
 def test_optimum_shift_draws_one_fit_per_fixed_value_of_the_other_axis(frames):

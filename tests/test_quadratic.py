@@ -9,7 +9,8 @@ import torch
 
 from hpconj.config import Budget, QuadraticTask
 from hpconj.engine.reference import train_trial
-from hpconj.parameterizations import Hyperparameters, NativeSGD, conjugate
+from hpconj.optim import Hyperparameters, NativeSGD
+from hpconj.parameterizations import conjugate
 from hpconj.tasks import build_task
 from hpconj.tasks.quadratic import curvatures, expected_excess_loss
 from hpconj.trials import Trial

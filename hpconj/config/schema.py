@@ -7,8 +7,10 @@ import math
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+
+from hpconj.optim import OPTIMIZERS, SettingError, Settings
 
 BUILTIN_MODELS = ("mlp", "deep_linear", "quadratic")
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -306,41 +308,8 @@ class Metric(Record):
     goal: Literal["minimize"] = "minimize"
 
 
-ADAPTIVE = ("adam", "rmsprop", "adagrad")
-
-
-class AdamSettings(Record):
-    """torch.optim.Adam's β2 and eps; β1 is the sweep's momentum axis (default [0.9])."""
-
-    beta2: float = Field(0.999, ge=0, lt=1)
-    eps: float = Field(1e-8, gt=0)
-
-
-class RMSpropSettings(Record):
-    """torch.optim.RMSprop's smoothing constant α and eps; its momentum is the sweep's momentum axis."""
-
-    alpha: float = Field(0.99, ge=0, lt=1)
-    eps: float = Field(1e-8, gt=0)
-
-
-class AdagradSettings(Record):
-    """torch.optim.Adagrad's eps (no lr decay, initial accumulator 0)."""
-
-    eps: float = Field(1e-10, gt=0)
-
-
-class McAllesterSettings(Record):
-    """Meta-parameters of McAllester's noise-adaptive SGD (see hpconj.optimizers); lr is λ_η."""
-
-    lambda_b: float = Field(16.0, gt=0)
-    eps: float = Field(1e-12, gt=0)
-    warmup: int = Field(10, ge=1, strict=True)
-
-
-OPTIMIZER_SETTINGS: dict[str, type[Record]] = {
-    "adam": AdamSettings, "rmsprop": RMSpropSettings, "adagrad": AdagradSettings, "mcallester": McAllesterSettings,
-}
-DEFAULT_MOMENTUM: dict[str, float] = {"adam": 0.9}
+# every optimizer's settings block is a field named after it (hpconj.optim's registry)
+OPTIMIZER_SETTINGS: dict[str, type[Settings]] = {n: o.settings for n, o in OPTIMIZERS.items() if o.settings}
 
 
 class NoiseScale(Record):
@@ -350,17 +319,25 @@ class NoiseScale(Record):
     examples: int = Field(1024, gt=1, strict=True)
 
 
-class Config(Record):
-    """A whole sweep, validated. Nothing downstream reads YAML again."""
+class _ConfigHead(Record):
+    """The fields a config states before the optimizer's settings block (the order config.yaml keeps)."""
 
     # one folder name under results/: no separators, and no leading dot (so never "." or "..")
     name: str = Field(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
     task: TaskSpec
-    optimizer: Literal["sgd", "momentum", "nesterov", "adam", "rmsprop", "adagrad", "mcallester"] = "momentum"
-    adam: AdamSettings | None = None
-    rmsprop: RMSpropSettings | None = None
-    adagrad: AdagradSettings | None = None
-    mcallester: McAllesterSettings | None = None
+    optimizer: Literal[tuple(OPTIMIZERS)] = "momentum"  # type: ignore[valid-type]
+
+
+# one optional settings block per optimizer that has one: `adam: {beta2: 0.99}`, ...
+_ConfigWithSettings = create_model(
+    "_ConfigWithSettings", __base__=_ConfigHead,
+    **{name: (settings | None, None) for name, settings in OPTIMIZER_SETTINGS.items()},
+)
+
+
+class Config(_ConfigWithSettings):  # type: ignore[valid-type, misc]
+    """A whole sweep, validated. Nothing downstream reads YAML again."""
+
     parameterizations: list[Literal["standard", "sqrt", "conjugate"]] = Field(
         default_factory=lambda: ["standard", "conjugate"], min_length=1
     )
@@ -378,35 +355,24 @@ class Config(Record):
     def _optimizer_defaults(cls, data: Any) -> Any:
         """Resolve the active optimizer's settings block and its default momentum axis, so that the
         stored config states every value a trial used."""
-        if not isinstance(data, dict) or not isinstance(data.get("optimizer"), str):
+        if not isinstance(data, dict) or data.get("optimizer") not in OPTIMIZERS:
             return data
-        name = data["optimizer"]
+        entry = OPTIMIZERS[data["optimizer"]]
         data = dict(data)
-        if name in OPTIMIZER_SETTINGS and data.get(name) is None:
-            data[name] = {}
+        if entry.settings is not None and data.get(entry.name) is None:
+            data[entry.name] = {}
         sweep = data.get("sweep")
-        default_momentum = DEFAULT_MOMENTUM.get(name)
-        block = data.get("adam")
-        if name == "adam" and isinstance(block, dict) and "betas" in block:
-            default_momentum, data["adam"] = cls._split_betas(block, sweep)
+        default_momentum = entry.default_momentum
+        block = data.get(entry.name)
+        if entry.read_block is not None and isinstance(block, dict):
+            try:
+                given, data[entry.name] = entry.read_block(block, sweep)
+            except SettingError as exc:
+                raise _keyed(exc.key, exc.reason) from None
+            default_momentum = given if given is not None else default_momentum
         if default_momentum is not None and isinstance(sweep, dict) and "momentum" not in sweep:
             data["sweep"] = {**sweep, "momentum": [default_momentum]}
         return data
-
-    @staticmethod
-    def _split_betas(block: dict[str, Any], sweep: Any) -> tuple[float, dict[str, Any]]:
-        """torch's `betas: [β1, β2]`: β1 becomes the momentum axis' default, β2 the block's beta2."""
-        betas = block["betas"]
-        if (not isinstance(betas, list) or len(betas) != 2
-                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)):
-            raise _keyed("adam.betas", f"must be a list of two numbers [β1, β2], got {betas!r}")
-        if "beta2" in block:
-            raise _keyed("adam.betas", "give β2 once: either adam.betas or adam.beta2")
-        if isinstance(sweep, dict) and "momentum" in sweep:
-            raise _keyed("adam.betas", "β1 is the sweep's momentum axis and sweep.momentum is given: "
-                         "write adam: {beta2: ...} and keep β1 in sweep.momentum")
-        rest = {k: v for k, v in block.items() if k != "betas"}
-        return float(betas[0]), {**rest, "beta2": betas[1]}
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -435,17 +401,18 @@ class Config(Record):
 
     @model_validator(mode="after")
     def _coherent(self) -> Config:
-        if self.optimizer == "sgd" and any(b != 0 for b in self.sweep.momentum):
-            raise _keyed("sweep.momentum", "optimizer sgd has no momentum: use optimizer: momentum, or "
-                         f"sweep.momentum: [0.0], got {list(self.sweep.momentum)}")
-        if self.optimizer in ("adagrad", "mcallester") and any(b != 0 for b in self.sweep.momentum):
-            raise _keyed("sweep.momentum", f"optimizer {self.optimizer} has no momentum: give sweep.momentum: [0.0] "
-                         f"or leave it out, got {list(self.sweep.momentum)}")
+        entry = OPTIMIZERS[self.optimizer]
+        if entry.no_momentum is not None and any(b != 0 for b in self.sweep.momentum):
+            raise _keyed("sweep.momentum", f"optimizer {self.optimizer} has no momentum: {entry.no_momentum}, "
+                         f"got {list(self.sweep.momentum)}")
         for other in OPTIMIZER_SETTINGS:
             if other != self.optimizer and getattr(self, other) is not None:
                 raise _keyed(other, f"settings for optimizer {other}, but optimizer is {self.optimizer}")
-        if "sqrt" in self.parameterizations:
-            self._check_sqrt_rule()
+        for name in self.parameterizations:
+            if name not in entry.parameterizations:
+                raise _keyed("parameterizations", self._undefined(name))
+        for key, reason in entry.check(self) if entry.check is not None else []:
+            raise _keyed(key, reason)
         if isinstance(self.task, QuadraticTask):
             if self.budget.epochs is not None:
                 raise _keyed("budget.epochs", "the quadratic task streams fresh examples and has no epochs; "
@@ -455,31 +422,16 @@ class Config(Record):
                              "use train_loss or val_loss")
         return self
 
-    def _check_sqrt_rule(self) -> None:
-        """The square-root rule sets 1 − β' = κ·(1 − β): every β must keep κ·(1 − β) < 1."""
-        if self.optimizer not in ADAPTIVE:
-            raise _keyed("parameterizations", f"sqrt is the square-root rule of adaptive optimizers (adam, rmsprop, "
-                         f"adagrad), not of {self.optimizer}; use standard or conjugate")
-        if self.optimizer == "rmsprop" and any(b != 0 for b in self.sweep.momentum):
-            raise _keyed("sweep.momentum", "the sqrt rule is defined for rmsprop without momentum; "
-                         f"use sweep.momentum: [0.0], got {list(self.sweep.momentum)}")
-        betas: list[tuple[str, float]] = []
-        if self.optimizer == "adam":
-            betas = [("sweep.momentum", b) for b in self.sweep.momentum] + [("adam.beta2", self.adam.beta2)]
-        elif self.optimizer == "rmsprop":
-            betas = [("rmsprop.alpha", self.rmsprop.alpha)]
-        for batch in self.sweep.batch_size:
-            kappa = batch / self.reference_batch_size
-            if kappa == 1:
-                continue  # sqrt is standard there (parameterizations.sqrt keeps β as it is)
-            for key, beta in betas:
-                if kappa * (1 - beta) >= 1:
-                    raise _keyed(key, f"the sqrt rule needs κ·(1 − β) < 1 for every batch size, but at batch "
-                                 f"size {batch} κ = B/B_ref = {kappa:g} and κ·(1 − {beta:g}) = "
-                                 f"{kappa * (1 - beta):g}; raise reference_batch_size or β")
+    def _undefined(self, parameterization: str) -> str:
+        """Why `parameterization` cannot be used with this optimizer, and which ones can."""
+        having = [n for n, o in OPTIMIZERS.items() if parameterization in o.parameterizations]
+        if parameterization == "sqrt":
+            return (f"sqrt is the square-root rule of adaptive optimizers ({', '.join(having)}), not of "
+                    f"{self.optimizer}; use standard or conjugate")
+        return f"{parameterization} is defined for {', '.join(having)}, not for {self.optimizer}"
 
     @property
-    def optimizer_settings(self) -> Record | None:
+    def optimizer_settings(self) -> Settings | None:
         """The active optimizer's settings block (None for the SGD family)."""
         return getattr(self, self.optimizer) if self.optimizer in OPTIMIZER_SETTINGS else None
 

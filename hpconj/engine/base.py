@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from hpconj.tasks import Task
-from hpconj.records import TrialResult
+from hpconj.records import FAILED, TrialResult
 from hpconj.trials import Trial
 
 DIVERGENCE_FACTOR = 100.0  # a loss above 100× its initial value counts as diverged
@@ -59,7 +59,7 @@ def failed_result(trial_id: str, exc: BaseException, wall_s: float) -> TrialResu
     tb = traceback.extract_tb(exc.__traceback__)
     where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
     nan = math.nan
-    return TrialResult(trial_id, "failed", nan, nan, nan, 0, 0, wall_s, (), f"{type(exc).__name__}: {exc}{where}")
+    return TrialResult(trial_id, FAILED, nan, nan, nan, 0, 0, wall_s, (), f"{type(exc).__name__}: {exc}{where}")
 
 
 def curve_steps(steps: int) -> set[int]:

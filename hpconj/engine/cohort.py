@@ -7,7 +7,7 @@ other model (user models, the quadratic). Each trial reads its own batch; trials
 share batches (common random numbers).
 
 The update is the reference engine's optimizer, per trial, applied to the whole stack with each
-trial's settings as [K] columns (engine/updates.py): torch.optim.SGD, Adam, RMSprop, Adagrad with
+trial's settings as [K] columns (hpconj.optim): torch.optim.SGD, Adam, RMSprop, Adagrad with
 the same elementwise kernels, so on the CPU each trial's weights equal the reference engine's bit
 for bit (tested), and hpconj's per-example rules and McAllester's SGD. Those read q, the mean of
 the squared per-example gradients: for the built-in networks from one extra batched product per
@@ -42,10 +42,10 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from hpconj.engine import base as engine_base
 from hpconj.engine.base import curve_steps, failed_result, is_diverged, tensors_digest
-from hpconj.records import CurvePoint, TrialResult
+from hpconj.optim import StackedUpdate, stack_order, stacked_update
+from hpconj.records import DIVERGED, OK, CurvePoint, TrialResult
 from hpconj.engine.reference import train_trial
 from hpconj.engine.stacked import Layer, layer_plan, stacked_logits, stacked_loss_and_grads
-from hpconj.engine.updates import StackedUpdate, stack_order, stacked_update
 from hpconj.tasks import Metrics, Task
 from hpconj.tasks.base import LossOf
 from hpconj.tasks.supervised import SupervisedTask
@@ -347,7 +347,7 @@ def _trial_model(live: _Live, base: LossOf, i: int) -> nn.Module:
 
 def _diverged(trial: Trial, curve: list[CurvePoint], step: int, batch_size: int, clock: _Clock) -> TrialResult:
     inf = math.inf
-    return TrialResult(trial.trial_id, "diverged", inf, inf, math.nan, step, step * batch_size, clock.share(),
+    return TrialResult(trial.trial_id, DIVERGED, inf, inf, math.nan, step, step * batch_size, clock.share(),
                        tuple(curve))
 
 
@@ -369,7 +369,7 @@ def _finish(task: Task, live: _Live, base: LossOf, layers: list[Layer] | None, s
         elif is_diverged(metrics.train_loss, live.initial[i]) or not math.isfinite(metrics.val_loss):
             yield _diverged(trial, live.curves[i], steps, batch_size, clock)
         else:
-            yield TrialResult(trial.trial_id, "ok", metrics.train_loss, metrics.val_loss, metrics.val_error, steps,
+            yield TrialResult(trial.trial_id, OK, metrics.train_loss, metrics.val_loss, metrics.val_error, steps,
                               steps * batch_size, clock.share(), tuple(live.curves[i]), None,
                               tensors_digest(_trial_state(live, i)))
 

@@ -1,7 +1,7 @@
 """The reference engine: one trial at a time with torch.optim. Readable; the oracle.
 
 For step t = 1..T: loss_t = task.batch_loss(model, batch_t) (mean over the batch), backward,
-then one step of the trial's optimizer (`hpconj.optimizers.reference_optimizer`: torch.optim's
+then one step of the trial's optimizer (`hpconj.optim.reference_optimizer`: torch.optim's
 SGD, Adam, RMSprop, Adagrad with `trial.native.torch_kwargs()`, or hpconj's per-example rules) —
 the parameterization has already turned (η, B, β) into native settings, so this loop is the same
 for every parameterization. Rules that read per-example second moments get them from a plain
@@ -16,9 +16,10 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from hpconj.engine.base import curve_steps, failed_result, is_diverged, params_digest
-from hpconj.records import CurvePoint, TrialResult
-from hpconj.optimizers import example_second_moments, reference_optimizer
+from hpconj.optim import reference_optimizer
+from hpconj.records import DIVERGED, OK, CurvePoint, TrialResult
 from hpconj.tasks import Task
+from hpconj.tasks.base import example_gradients
 from hpconj.trials import Trial
 
 
@@ -49,7 +50,7 @@ def _train(task: Task, trial: Trial, device: torch.device, steps: int, start: fl
     record_at = curve_steps(steps)
     curve = [CurvePoint(0, 0, initial)]
     recent_sum, last_record = 0.0, 0  # float64 running sum: the cohort engine sums the same way
-    status, done = "ok", 0
+    status, done = OK, 0
     for batch in task.batch_stream(trial.seed, trial.batch_size, steps, device):
         model.zero_grad(set_to_none=True)
         loss = task.batch_loss(model, batch)
@@ -59,24 +60,38 @@ def _train(task: Task, trial: Trial, device: torch.device, steps: int, start: fl
         value = loss.item()
         recent_sum += value
         if not math.isfinite(value):
-            status = "diverged"
+            status = DIVERGED
             break
         if done in record_at:
             point = task.curve_loss(model, recent_sum / (done - last_record))
             curve.append(CurvePoint(done, done * trial.batch_size, point))
             recent_sum, last_record = 0.0, done
             if is_diverged(point, initial):
-                status = "diverged"
+                status = DIVERGED
                 break
-    if status == "ok":
+    if status == OK:
         metrics = task.evaluate(model)
         if is_diverged(metrics.train_loss, initial) or not math.isfinite(metrics.val_loss):
-            status = "diverged"
-    if status == "diverged":
+            status = DIVERGED
+    if status == DIVERGED:
         inf = math.inf
-        return TrialResult(trial.trial_id, "diverged", inf, inf, math.nan, done, done * trial.batch_size,
+        return TrialResult(trial.trial_id, DIVERGED, inf, inf, math.nan, done, done * trial.batch_size,
                            time.perf_counter() - start, tuple(curve))
     return TrialResult(
-        trial.trial_id, "ok", metrics.train_loss, metrics.val_loss, metrics.val_error, done,
+        trial.trial_id, OK, metrics.train_loss, metrics.val_loss, metrics.val_error, done,
         done * trial.batch_size, time.perf_counter() - start, tuple(curve), None, params_digest(model),
     )
+
+
+def example_second_moments(task: Task, model: torch.nn.Module, batch: object) -> list[torch.Tensor]:
+    """q = (1/B)·Σᵢ gᵢ², gᵢ the gradient of example i's loss (a batch of one), one example at a
+    time with autograd: slow, and independent of the engines' batched formulas it checks."""
+    params = list(model.parameters())
+    sums = [torch.zeros_like(p) for p in params]
+    size = 0
+    for grads in example_gradients(task, model, batch, params):
+        size += 1
+        for total, g in zip(sums, grads):
+            if g is not None:
+                total.addcmul_(g, g)
+    return [total.div_(size) for total in sums]

@@ -40,21 +40,10 @@ def metric_heatmap(curves: pd.DataFrame, optima: pd.DataFrame, meta: Mapping[str
     n_rows, n_cols = len(momenta), max(len(panels), 1)
     figure = _new_figure(3.5 * n_cols + 1.6, 0.9 + 2.6 * n_rows)
     axes = np.atleast_2d(figure.subplots(n_rows, n_cols, squeeze=False, sharey=True))
-
-    values = _finite(curves["metric_mean"]) if not curves.empty else np.array([])
-    norm: Normalize
-    if _use_log_scale(values):
-        norm = LogNorm(vmin=float(values.min()), vmax=float(values.max()))
-    elif values.size:
-        low, high = float(values.min()), float(values.max())
-        norm = Normalize(vmin=low, vmax=high if high > low else low + 1.0)
-    else:
-        norm = Normalize(vmin=0.0, vmax=1.0)
-    cmap = colormaps["viridis"]
+    norm = _color_scale(curves)
     batch_sizes = _sorted_values(curves, "batch_size")
     y_centers = _log2(batch_sizes)
-    mappable = None
-    any_diverged = False
+    mappable, any_diverged = None, False
     for row, momentum in enumerate(momenta):
         for col, panel in enumerate(panels or [("", "")]):
             ax = axes[row, col]
@@ -74,40 +63,65 @@ def metric_heatmap(curves: pd.DataFrame, optima: pd.DataFrame, meta: Mapping[str
             cells = _select(curves, **selection)
             if cells.empty:
                 continue
-            x_keys = np.round(cells["log2_lr"].to_numpy(dtype=float), 9)
-            x_centers = np.unique(x_keys)
-            grid = np.full((len(batch_sizes), len(x_centers)), np.nan)
-            for b_index, batch_size in enumerate(batch_sizes):
-                one = _select(cells, batch_size=batch_size)
-                for x, value in zip(np.round(one["log2_lr"].to_numpy(dtype=float), 9),
-                                    one["metric_mean"].to_numpy(dtype=float)):
-                    grid[b_index, int(np.searchsorted(x_centers, x))] = value
-            x_edges, y_edges = _edges(x_centers), _edges(y_centers)
-            diverged = np.isposinf(grid)
-            if diverged.any():
-                any_diverged = True
-                gray = ax.pcolormesh(x_edges, y_edges, np.ma.masked_where(~diverged, np.ones_like(grid)),
-                                     cmap=ListedColormap([DIVERGED_COLOR]), vmin=0, vmax=1,
-                                     edgecolors="white", linewidth=0.4)
-                gray.set_gid("heatmap-diverged")
-            finite = np.isfinite(grid)
-            if isinstance(norm, LogNorm):
-                finite &= grid > 0
-            mesh = ax.pcolormesh(x_edges, y_edges, np.ma.masked_where(~finite, grid), cmap=cmap, norm=norm,
-                                 edgecolors="white", linewidth=0.4)
-            mesh.set_gid("heatmap")
-            mappable = mesh
-            ax.set_xlim(x_edges[0], x_edges[-1])
-            ax.set_ylim(y_edges[0], y_edges[-1])
+            mesh, diverged = _draw_cells(ax, cells, batch_sizes, y_centers, norm)
+            mappable, any_diverged = mesh, any_diverged or diverged
             _draw_path(ax, _select(optima, **selection) if not optima.empty else optima)
     for ax in axes.ravel():
         ax.yaxis.set_major_locator(FixedLocator(list(y_centers)))
         ax.yaxis.set_major_formatter(FuncFormatter(
             lambda y, _p: _number(2 ** y) if math.isfinite(y) and abs(2 ** y - round(2 ** y)) < 1e-6 else ""))
     if mappable is None:
-        mappable = ScalarMappable(norm=norm, cmap=cmap)
+        mappable = ScalarMappable(norm=norm, cmap=CMAP)
     colorbar = figure.colorbar(mappable, ax=axes.ravel().tolist(), shrink=0.9, aspect=30, pad=0.02)
     colorbar.set_label(f"{metric} (seed mean)")
+    handles = _legend(any_diverged)
+    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles))
+    figure.suptitle(_title(meta, f"{metric} over learning rate × batch size"))
+    return figure
+
+
+CMAP = colormaps["viridis"]
+
+
+def _color_scale(curves: pd.DataFrame) -> Normalize:
+    """One colour scale for every panel: log when the finite values span enough, else linear."""
+    values = _finite(curves["metric_mean"]) if not curves.empty else np.array([])
+    if _use_log_scale(values):
+        return LogNorm(vmin=float(values.min()), vmax=float(values.max()))
+    if values.size:
+        low, high = float(values.min()), float(values.max())
+        return Normalize(vmin=low, vmax=high if high > low else low + 1.0)
+    return Normalize(vmin=0.0, vmax=1.0)
+
+
+def _draw_cells(ax: Axes, cells: pd.DataFrame, batch_sizes: list[float], y_centers: np.ndarray,
+                norm: Normalize) -> tuple[Any, bool]:
+    """The panel's cells, lr × batch size, diverged ones grey; the mesh drawn and whether any diverged."""
+    x_centers = np.unique(np.round(cells["log2_lr"].to_numpy(dtype=float), 9))
+    grid = np.full((len(batch_sizes), len(x_centers)), np.nan)
+    for b_index, batch_size in enumerate(batch_sizes):
+        one = _select(cells, batch_size=batch_size)
+        for x, value in zip(np.round(one["log2_lr"].to_numpy(dtype=float), 9),
+                            one["metric_mean"].to_numpy(dtype=float)):
+            grid[b_index, int(np.searchsorted(x_centers, x))] = value
+    x_edges, y_edges = _edges(x_centers), _edges(y_centers)
+    diverged = np.isposinf(grid)
+    if diverged.any():
+        gray = ax.pcolormesh(x_edges, y_edges, np.ma.masked_where(~diverged, np.ones_like(grid)),
+                             cmap=ListedColormap([DIVERGED_COLOR]), vmin=0, vmax=1, edgecolors="white", linewidth=0.4)
+        gray.set_gid("heatmap-diverged")
+    finite = np.isfinite(grid)
+    if isinstance(norm, LogNorm):
+        finite &= grid > 0
+    mesh = ax.pcolormesh(x_edges, y_edges, np.ma.masked_where(~finite, grid), cmap=CMAP, norm=norm,
+                         edgecolors="white", linewidth=0.4)
+    mesh.set_gid("heatmap")
+    ax.set_xlim(x_edges[0], x_edges[-1])
+    ax.set_ylim(y_edges[0], y_edges[-1])
+    return mesh, bool(diverged.any())
+
+
+def _legend(any_diverged: bool) -> list[Any]:
     handles: list[Any] = [
         Line2D([], [], color="white", linewidth=1.8, marker="o", markersize=5, markerfacecolor="white",
                markeredgecolor="black", path_effects=[patheffects.withStroke(linewidth=3.2, foreground="black")],
@@ -118,9 +132,7 @@ def metric_heatmap(curves: pd.DataFrame, optima: pd.DataFrame, meta: Mapping[str
     ]
     if any_diverged:
         handles.append(Patch(facecolor=DIVERGED_COLOR, edgecolor="white", label="diverged (seed mean = ∞)"))
-    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles))
-    figure.suptitle(_title(meta, f"{metric} over learning rate × batch size"))
-    return figure
+    return handles
 
 
 def _draw_path(ax: Axes, optima: pd.DataFrame) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -39,18 +40,7 @@ def loss_vs_lr(curves: pd.DataFrame, optima: pd.DataFrame, meta: Mapping[str, An
     n_rows, n_cols = len(other_values), max(len(panels), 1)
     figure = _new_figure(3.6 * n_cols + 1.5, 0.6 + 2.9 * n_rows)
     axes = np.atleast_2d(figure.subplots(n_rows, n_cols, sharey=True, squeeze=False))
-
-    # Shared y limits from every finite value drawn; headroom for the '×' row when anything diverged.
-    drawn = [_finite(curves[c]) for c in ("metric_mean", "metric_lo", "metric_hi") if c in curves.columns]
-    if not optima.empty and "metric_opt" in optima.columns:
-        drawn.append(_finite(optima["metric_opt"]))
-    values = np.concatenate(drawn) if drawn else np.array([])
-    log = _use_log_scale(values)
-    any_diverged = bool(np.isposinf(curves["metric_mean"].to_numpy(dtype=float)).any()) if not curves.empty else False
-    n_marker_rows = len(by_values) if any_diverged else 0
-    limits = _value_limits(values, log, headroom=0.08 + 0.045 * n_marker_rows)
-    seeds = sorted({int(v) for v in curves["n_seeds"].dropna()}) if "n_seeds" in curves.columns and not curves.empty else []
-
+    log, limits = _y_scale(curves, optima, len(by_values))
     for row, other_value in enumerate(other_values):
         for col, panel in enumerate(panels or [("", "")]):
             ax = axes[row, col]
@@ -68,45 +58,73 @@ def loss_vs_lr(curves: pd.DataFrame, optima: pd.DataFrame, meta: Mapping[str, An
             selection = {"parameterization": panel[0], "optimizer": panel[1]}
             if math.isfinite(other_value):
                 selection[other] = other_value
-            panel_curves = _select(curves, **selection)
             panel_optima = _select(optima, **selection) if not optima.empty else optima
             for index, value in enumerate(by_values):
-                one = _select(panel_curves, **{by: value}).sort_values("log2_lr")
-                if one.empty:
-                    continue
-                color = colors[value]
-                x = one["log2_lr"].to_numpy(dtype=float)
-                mean = one["metric_mean"].to_numpy(dtype=float)
-                finite = np.isfinite(mean)
-                (line,) = ax.plot(x, np.where(finite, mean, np.nan), color=color, linewidth=1.5, marker=".",
-                                  markersize=4, zorder=3)
-                line.set_gid("curve")
-                lo = one["metric_lo"].to_numpy(dtype=float) if "metric_lo" in one.columns else mean
-                hi = one["metric_hi"].to_numpy(dtype=float) if "metric_hi" in one.columns else mean
-                band = np.isfinite(lo) & np.isfinite(hi)
-                if band.any():
-                    fill = ax.fill_between(x, np.where(band, lo, np.nan), np.where(band, hi, np.nan), where=band,
-                                           color=color, alpha=0.18, linewidth=0, zorder=2)
-                    fill.set_gid("band")
-                diverged = np.isposinf(mean)
-                if diverged.any():
-                    (crosses,) = ax.plot(x[diverged], np.full(int(diverged.sum()), 0.975 - 0.045 * index),
-                                         transform=ax.get_xaxis_transform(), linestyle="none", marker="x",
-                                         markersize=6, markeredgewidth=1.5, color=color, zorder=4, clip_on=False)
-                    crosses.set_gid("diverged")
-                if panel_optima is not None and not panel_optima.empty:
-                    for optimum in _select(panel_optima, **{by: value}).itertuples(index=False):
-                        x_opt, y_opt = float(optimum.log2_lr_opt), float(optimum.metric_opt)
-                        if not (math.isfinite(x_opt) and math.isfinite(y_opt)):
-                            continue
-                        _draw_optimum(ax, x_opt, y_opt, _interval_error(x_opt, optimum.lr_lo, optimum.lr_hi), color,
-                                      bool(optimum.at_edge))
+                drawn = _draw_curve(ax, _select(_select(curves, **selection), **{by: value}), index, colors[value])
+                if drawn and panel_optima is not None and not panel_optima.empty:
+                    _draw_optima(ax, _select(panel_optima, **{by: value}), colors[value])
     if limits is not None:
         axes[0, 0].set_ylim(*limits)
+    figure.legend(handles=_legend(by, by_values, colors, curves), loc="outside right center", title=AXIS_WORDS[by])
+    figure.suptitle(_title(meta, f"{metric} against learning rate, one curve per {AXIS_WORDS[by]}"))
+    return figure
 
+
+def _y_scale(curves: pd.DataFrame, optima: pd.DataFrame, n_values: int) -> tuple[bool, tuple[float, float] | None]:
+    """Log or linear, and the shared y limits from every finite value drawn, with headroom for
+    the '×' rows (one per curve) when anything diverged."""
+    drawn = [_finite(curves[c]) for c in ("metric_mean", "metric_lo", "metric_hi") if c in curves.columns]
+    if not optima.empty and "metric_opt" in optima.columns:
+        drawn.append(_finite(optima["metric_opt"]))
+    values = np.concatenate(drawn) if drawn else np.array([])
+    log = _use_log_scale(values)
+    any_diverged = bool(np.isposinf(curves["metric_mean"].to_numpy(dtype=float)).any()) if not curves.empty else False
+    n_marker_rows = n_values if any_diverged else 0
+    return log, _value_limits(values, log, headroom=0.08 + 0.045 * n_marker_rows)
+
+
+def _draw_curve(ax: Axes, one: pd.DataFrame, index: int, color: Any) -> bool:
+    """One curve: the seed mean, its seed band, and '×' in row `index` at the top where it diverged;
+    False when there is no curve to draw."""
+    if one.empty:
+        return False
+    one = one.sort_values("log2_lr")
+    x = one["log2_lr"].to_numpy(dtype=float)
+    mean = one["metric_mean"].to_numpy(dtype=float)
+    finite = np.isfinite(mean)
+    (line,) = ax.plot(x, np.where(finite, mean, np.nan), color=color, linewidth=1.5, marker=".", markersize=4,
+                      zorder=3)
+    line.set_gid("curve")
+    lo = one["metric_lo"].to_numpy(dtype=float) if "metric_lo" in one.columns else mean
+    hi = one["metric_hi"].to_numpy(dtype=float) if "metric_hi" in one.columns else mean
+    band = np.isfinite(lo) & np.isfinite(hi)
+    if band.any():
+        fill = ax.fill_between(x, np.where(band, lo, np.nan), np.where(band, hi, np.nan), where=band,
+                               color=color, alpha=0.18, linewidth=0, zorder=2)
+        fill.set_gid("band")
+    diverged = np.isposinf(mean)
+    if diverged.any():
+        (crosses,) = ax.plot(x[diverged], np.full(int(diverged.sum()), 0.975 - 0.045 * index),
+                             transform=ax.get_xaxis_transform(), linestyle="none", marker="x",
+                             markersize=6, markeredgewidth=1.5, color=color, zorder=4, clip_on=False)
+        crosses.set_gid("diverged")
+    return True
+
+
+def _draw_optima(ax: Axes, optima: pd.DataFrame, color: Any) -> None:
+    for optimum in optima.itertuples(index=False):
+        x_opt, y_opt = float(optimum.log2_lr_opt), float(optimum.metric_opt)
+        if math.isfinite(x_opt) and math.isfinite(y_opt):
+            _draw_optimum(ax, x_opt, y_opt, _interval_error(x_opt, optimum.lr_lo, optimum.lr_hi), color,
+                          bool(optimum.at_edge))
+
+
+def _legend(by: str, by_values: Sequence[float], colors: Mapping[float, Any], curves: pd.DataFrame) -> list[Any]:
+    """One entry per curve, then the marks: optimum, optimum at the edge, diverged, seed band."""
+    seeds = sorted({int(v) for v in curves["n_seeds"].dropna()}) if "n_seeds" in curves.columns and not curves.empty else []
     handles: list[Any] = [Line2D([], [], color=colors[v], linewidth=1.5, marker=".", label=_axis_value_label(by, v))
                           for v in by_values]
-    handles += [
+    return handles + [
         Line2D([], [], linestyle="none", marker="o", markersize=7, markerfacecolor="#777777",
                markeredgecolor="black", markeredgewidth=0.8, label="optimum ± interval"),
         Line2D([], [], linestyle="none", marker="o", markersize=7, markerfacecolor="none",
@@ -115,9 +133,6 @@ def loss_vs_lr(curves: pd.DataFrame, optima: pd.DataFrame, meta: Mapping[str, An
                label="diverged (seed mean = ∞)"),
         Patch(facecolor="#777777", alpha=0.25, label=_band_label(seeds)),
     ]
-    figure.legend(handles=handles, loc="outside right center", title=AXIS_WORDS[by])
-    figure.suptitle(_title(meta, f"{metric} against learning rate, one curve per {AXIS_WORDS[by]}"))
-    return figure
 
 
 def _band_label(seeds: Sequence[int]) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -10,12 +11,11 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-
-from hpconj.analysis import mean_noise_scale, noise_scale_text
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
+from hpconj.analysis import axis_value, mean_noise_scale, noise_scale_text
 from hpconj.plots.style import (AXIS_SYMBOL, Log2Locator, MARKERS, power_of_two, _axis_value_label, _draw_optimum,
-                                _interval_error, _log2, _new_figure, _number, _panel_label, _panels,
+                                _interval_error, _new_figure, _number, _panel_label, _panels,
                                 _parameterization_color, _select, _signed, _sorted_values, _styled, _title)
 
 
@@ -51,6 +51,29 @@ def _draw_noise_scale(ax: Axes, value: float, all_x: Sequence[float], handles: l
                               label=f"{label} (beyond the swept batch sizes)"))
 
 
+@dataclass
+class _Canvas:
+    """What the figure's parts share while it is drawn: the axes, the swept values' layout, the
+    legend entries in order, the first optimum drawn (where the guides start) and every x drawn."""
+
+    ax: Axes
+    axis: str
+    other: str
+    panels: list[tuple[str, str]]
+    other_values: list[float]
+    markers: dict[float, str]
+    handles: list[Any] = field(default_factory=list)
+    first_point: tuple[float, float] | None = None
+    all_x: list[float] = field(default_factory=list)
+
+    def x_of(self, values: Any) -> np.ndarray:
+        """x = log2 B, or log2(1 − β) for the momentum axis (analysis.axis_value)."""
+        return axis_value(self.axis, values)
+
+    def marker(self, value: float) -> str:
+        return self.markers.get(value, "o")
+
+
 @_styled
 def optimum_shift(optima: pd.DataFrame, shifts: pd.DataFrame, meta: Mapping[str, Any] | None,
                   axis: str = "batch_size", noise: pd.DataFrame | None = None) -> Figure:
@@ -67,100 +90,114 @@ def optimum_shift(optima: pd.DataFrame, shifts: pd.DataFrame, meta: Mapping[str,
     other = "momentum" if axis == "batch_size" else "batch_size"
     shifts = shifts if shifts is not None else pd.DataFrame()
     panels = _panels(optima, shifts)
-    order = [p for p, _ in panels]
     other_values = _sorted_values(optima, other)
     markers = {value: MARKERS[i % len(MARKERS)] for i, value in enumerate(other_values)}
 
     figure = _new_figure(7.4, 4.6)
-    ax = figure.subplots()
-    ax.yaxis.set_major_locator(Log2Locator(nbins=8))
-    ax.yaxis.set_major_formatter(FuncFormatter(power_of_two))
-    ax.set_ylabel("optimal learning rate η* (log₂ axis)")
-
-    def x_of(values: Any) -> np.ndarray:
-        array = np.asarray(values, dtype=float)
-        return _log2(array) if axis == "batch_size" else _log2(1.0 - array)
-
-    handles: list[Any] = []
-    first_point: tuple[float, float] | None = None
-    all_x: list[float] = []
-    has_fixed = "fixed" in shifts.columns
+    canvas = _Canvas(figure.subplots(), axis, other, panels, other_values, markers)
+    canvas.ax.yaxis.set_major_locator(Log2Locator(nbins=8))
+    canvas.ax.yaxis.set_major_formatter(FuncFormatter(power_of_two))
+    canvas.ax.set_ylabel("optimal learning rate η* (log₂ axis)")
     for panel in panels:
-        color = _parameterization_color(panel[0], order)
-        label = _panel_label(panel, panels)
-        points = _select(optima, parameterization=panel[0], optimizer=panel[1]) if not optima.empty else optima
-        fits = _select(shifts, parameterization=panel[0], optimizer=panel[1], axis=axis) if not shifts.empty else shifts
-        fits = fits if fits is not None else pd.DataFrame()
-        fit_handles: list[Any] = []
-        if points is not None and not points.empty:
-            points = points.sort_values([axis, other])
-            for value in other_values or [math.nan]:
-                series = _select(points, **{other: value}) if math.isfinite(value) else points
-                x = x_of(series[axis])
-                y = series["log2_lr_opt"].to_numpy(dtype=float)
-                all_x.extend(x[np.isfinite(x)])
-                ok = np.isfinite(x) & np.isfinite(y)
-                # A shift row per fixed value of the other axis (analysis.shifts' "fixed", e.g.
-                # "momentum=0.9"): its line spans that series; without "fixed", one line per panel below.
-                own = fits[[_fixed_value(f) == value for f in fits["fixed"]]] if has_fixed and not fits.empty else None
-                drawn = False
-                if own is not None and ok.any():
-                    for fit in own.itertuples(index=False):
-                        drawn |= _draw_fit(ax, fit, x[ok], color, _fit_label(label, fit, other, value), fit_handles,
-                                           marker=markers.get(value, "o") if len(other_values) > 1 else None)
-                if not drawn and ok.sum() > 1:  # no fitted line: join the points thinly
-                    (thin,) = ax.plot(x[ok], y[ok], color=color, linewidth=0.8, alpha=0.5, zorder=2)
-                    thin.set_gid("series")
-                for xi, yi, row in zip(x, y, series.itertuples(index=False)):
-                    if not (math.isfinite(xi) and math.isfinite(yi)):
-                        continue
-                    if first_point is None:
-                        first_point = (float(xi), float(yi))
-                    error = _interval_error(float(yi), row.lr_lo, row.lr_hi)
-                    _draw_optimum(ax, float(xi), float(yi), error, color, bool(row.at_edge),
-                                  marker=markers.get(value, "o"), vertical=True, size=7)
-            handles.append(Line2D([], [], linestyle="none", marker="o", markersize=7, markerfacecolor=color,
-                                  markeredgecolor="black", markeredgewidth=0.8, label=f"{label}: optima"))
-        if not has_fixed and not fits.empty and points is not None and not points.empty:
-            span = x_of(points[axis])
-            for fit in fits.itertuples(index=False):
-                _draw_fit(ax, fit, span[np.isfinite(span)], color, _fit_label(label, fit), fit_handles)
-        handles += fit_handles
-
-    if first_point is not None and all_x and max(all_x) > min(all_x):
-        x0, y0 = first_point
-        xs = np.array([min(all_x), max(all_x)])
-        for slope, name, style in ((1.0, "1", (0, (5, 3))), (0.5, "½", (0, (2, 2))), (0.0, "0", (0, (6, 2, 1, 2)))):
-            (guide,) = ax.plot(xs, y0 + slope * (xs - x0), color="#8c8c8c", linewidth=0.9, linestyle=style,
-                               zorder=1, label=f"guide: slope {name}")
-            guide.set_gid("guide")
-            handles.append(guide)
+        _draw_panel(canvas, panel, optima, shifts)
+    _draw_guides(canvas)
     if axis == "batch_size":
-        _draw_noise_scale(ax, _noise_scale(noise), all_x, handles)
+        _draw_noise_scale(canvas.ax, _noise_scale(noise), canvas.all_x, canvas.handles)
     if len(other_values) > 1:
-        handles += [Line2D([], [], linestyle="none", marker=markers[v], markersize=6, color="#555555",
-                           label=_axis_value_label(other, v)) for v in other_values]
-    handles.append(Line2D([], [], linestyle="none", marker="o", markersize=7, markerfacecolor="none",
-                          markeredgecolor="#555555", markeredgewidth=1.6, label="optimum at grid edge"))
+        canvas.handles += [Line2D([], [], linestyle="none", marker=markers[v], markersize=6, color="#555555",
+                                  label=_axis_value_label(other, v)) for v in other_values]
+    canvas.handles.append(Line2D([], [], linestyle="none", marker="o", markersize=7, markerfacecolor="none",
+                                 markeredgecolor="#555555", markeredgewidth=1.6, label="optimum at grid edge"))
+    _x_ticks(canvas, optima)
+    figure.legend(handles=canvas.handles, loc="outside right center")
+    figure.suptitle(_title(meta, f"{_what(axis)}; slope = octaves of η* per octave of {_x_words(axis)}"))
+    return figure
 
-    finite_x = sorted(set(np.round(x_of(optima[axis]), 9)) if not optima.empty else [])
+
+def _draw_panel(canvas: _Canvas, panel: tuple[str, str], optima: pd.DataFrame, shifts: pd.DataFrame) -> None:
+    """One parameterization × optimizer: its optima per value of the other axis, and its fits."""
+    color = _parameterization_color(panel[0], [p for p, _ in canvas.panels])
+    label = _panel_label(panel, canvas.panels)
+    points = _select(optima, parameterization=panel[0], optimizer=panel[1]) if not optima.empty else optima
+    fits = _select(shifts, parameterization=panel[0], optimizer=panel[1], axis=canvas.axis) if not shifts.empty else shifts
+    fits = fits if fits is not None else pd.DataFrame()
+    fixed = f"fixed_{canvas.other}"
+    per_value = fixed in fits.columns  # a shift row per fixed value of the other axis (analysis.shifts)
+    fit_handles: list[Any] = []
+    if points is not None and not points.empty:
+        points = points.sort_values([canvas.axis, canvas.other])
+        for value in canvas.other_values or [math.nan]:
+            own = fits[fits[fixed] == value] if per_value and not fits.empty else None
+            _draw_series(canvas, points, value, own, color, label, fit_handles)
+        canvas.handles.append(Line2D([], [], linestyle="none", marker="o", markersize=7, markerfacecolor=color,
+                                     markeredgecolor="black", markeredgewidth=0.8, label=f"{label}: optima"))
+    if not per_value and not fits.empty and points is not None and not points.empty:
+        span = canvas.x_of(points[canvas.axis])
+        for fit in fits.itertuples(index=False):
+            _draw_fit(canvas.ax, fit, span[np.isfinite(span)], color, _fit_label(label, fit), fit_handles)
+    canvas.handles += fit_handles
+
+
+def _draw_series(canvas: _Canvas, points: pd.DataFrame, value: float, own: pd.DataFrame | None, color: Any,
+                 label: str, fit_handles: list[Any]) -> None:
+    """The optima at one value of the other axis, with the fitted line of their shift row `own`
+    spanning them (or, without one, a thin line joining them)."""
+    series = _select(points, **{canvas.other: value}) if math.isfinite(value) else points
+    x = canvas.x_of(series[canvas.axis])
+    y = series["log2_lr_opt"].to_numpy(dtype=float)
+    canvas.all_x.extend(x[np.isfinite(x)])
+    ok = np.isfinite(x) & np.isfinite(y)
+    drawn = False
+    if own is not None and ok.any():
+        for fit in own.itertuples(index=False):
+            drawn |= _draw_fit(canvas.ax, fit, x[ok], color, _fit_label(label, fit, canvas.other, value), fit_handles,
+                               marker=canvas.marker(value) if len(canvas.other_values) > 1 else None)
+    if not drawn and ok.sum() > 1:
+        (thin,) = canvas.ax.plot(x[ok], y[ok], color=color, linewidth=0.8, alpha=0.5, zorder=2)
+        thin.set_gid("series")
+    for xi, yi, row in zip(x, y, series.itertuples(index=False)):
+        if not (math.isfinite(xi) and math.isfinite(yi)):
+            continue
+        if canvas.first_point is None:
+            canvas.first_point = (float(xi), float(yi))
+        error = _interval_error(float(yi), row.lr_lo, row.lr_hi)
+        _draw_optimum(canvas.ax, float(xi), float(yi), error, color, bool(row.at_edge),
+                      marker=canvas.marker(value), vertical=True, size=7)
+
+
+def _draw_guides(canvas: _Canvas) -> None:
+    """Grey lines of slope 1, ½ and 0 through the first optimum, over every x drawn."""
+    if canvas.first_point is None or not canvas.all_x or max(canvas.all_x) <= min(canvas.all_x):
+        return
+    x0, y0 = canvas.first_point
+    xs = np.array([min(canvas.all_x), max(canvas.all_x)])
+    for slope, name, style in ((1.0, "1", (0, (5, 3))), (0.5, "½", (0, (2, 2))), (0.0, "0", (0, (6, 2, 1, 2)))):
+        (guide,) = canvas.ax.plot(xs, y0 + slope * (xs - x0), color="#8c8c8c", linewidth=0.9, linestyle=style,
+                                  zorder=1, label=f"guide: slope {name}")
+        guide.set_gid("guide")
+        canvas.handles.append(guide)
+
+
+def _x_ticks(canvas: _Canvas, optima: pd.DataFrame) -> None:
+    """A tick at each swept value of the axis, labelled with the value (not its log), and the x label."""
+    ax, axis = canvas.ax, canvas.axis
+    finite_x = sorted(set(np.round(canvas.x_of(optima[axis]), 9)) if not optima.empty else [])
     finite_x = [x for x in finite_x if math.isfinite(x)]
     values = _sorted_values(optima, axis)
     if finite_x:
         ax.xaxis.set_major_locator(FixedLocator(finite_x))
-        by_x = {round(float(x_of([v])[0]), 9): v for v in values}
+        by_x = {round(float(canvas.x_of([v])[0]), 9): v for v in values}
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _p: _tick_value(axis, by_x, x)))
         if len(finite_x) == 1:
             ax.set_xlim(finite_x[0] - 1, finite_x[0] + 1)
     if axis == "batch_size":
         ax.set_xlabel("batch size B (log₂ axis; x = log₂ B)")
-        what = "optimal learning rate against batch size"
     else:
         ax.set_xlabel("momentum β, placed at x = log₂(1 − β)  (log₂ axis)")
-        what = "optimal learning rate against momentum"
-    figure.legend(handles=handles, loc="outside right center")
-    figure.suptitle(_title(meta, f"{what}; slope = octaves of η* per octave of {_x_words(axis)}"))
-    return figure
+
+
+def _what(axis: str) -> str:
+    return f"optimal learning rate against {'batch size' if axis == 'batch_size' else 'momentum'}"
 
 
 def _tick_value(axis: str, by_x: Mapping[float, float], x: float) -> str:
@@ -181,15 +218,6 @@ def _fit_label(label: str, fit: Any, other: str | None = None, fixed: float = ma
     interval = f" [{_signed(lo)}, {_signed(hi)}]" if math.isfinite(lo) and math.isfinite(hi) else ""
     where = f", {_axis_value_label(other, fixed)}" if other is not None and math.isfinite(fixed) else ""
     return f"{label}{where}: slope {_signed(slope)}{interval}"
-
-
-def _fixed_value(raw: Any) -> float:
-    """The other axis' value of a shift row: 0.9 from "momentum=0.9" (or from 0.9); NaN if unreadable."""
-    text = str(raw).rsplit("=", 1)[-1].strip()
-    try:
-        return float(text)
-    except ValueError:
-        return math.nan
 
 
 def _draw_fit(ax: Axes, fit: Any, xs: np.ndarray, color: Any, label: str, handles: list[Any],

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from hpconj.config import Budget, QuadraticTask
-from hpconj.parameterizations import NativeSGD
+from hpconj.optim.sgd import NativeSGD
 from hpconj.tasks.base import Metrics, order_generator, seeded_init
 
 
