@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c constraints.txt "torch==2.13.0"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,ray]"
+	# the μP oracle of tests/test_mup.py; --no-deps: mup lists torchvision and seaborn, which only its
+	# coordinate-check plots import, and torchvision would bring a torch build of its own choosing
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt "mup==1.0.0"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -2,7 +2,8 @@
 
 Vocabulary (docs/design.md): a *slice* is the set of trials that differ only in lr and seed; its
 *optimum* is the lr minimising the seed-mean metric; the *shift* along an axis is the slope of
-log2 lr* against log2 B (batch size) or log2(1 − β) (momentum).
+log2 lr* against the axis' abscissa (hpconj.axes: log2 B, log2(1 − β), log2 width, ...), with every
+other axis held at one value. A slice is keyed by every axis the trials table has.
 
 Optimum of a slice, with m(x) the seed-mean metric at x = log2 lr (+inf if any seed diverged):
   1. i = argmin over the grid of the finite m;
@@ -14,6 +15,9 @@ Optimum of a slice, with m(x) the seed-mean metric at x = log2 lr (+inf if any s
   4. interval: 2.5 and 97.5 percentiles of x* over B_BOOT bootstrap resamples of the seeds
      (with replacement, the same resampled seeds for every slice, RNG seed BOOT_SEED), widened
      if needed to contain x* itself (with 2 seeds there are only 3 distinct resamples).
+Stability edge: lr_div = the smallest grid lr whose seed mean is +inf (a seed diverged there);
+div_gap = log2 lr_div − log2 lr*, how far below divergence the optimum sits ("aim for the maximum
+stable learning rate", Saxe). Both are NaN when no lr of the grid diverged.
 Shift: least-squares slope of x* against the axis over the slices that are not at an edge,
 with the percentile interval of the same fit on each bootstrap resample (also widened to
 contain the slope).
@@ -34,16 +38,21 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from hpconj.axes import AXES, axes_of, fixed_text
 from hpconj.records import DIVERGED, DONE_STATUSES
 
-SLICE_AXES = ["parameterization", "optimizer", "batch_size", "momentum"]
-SHIFT_AXES = {"batch_size": "log2 B", "momentum": "log2(1 − β)"}
+RULE_KEYS = ["parameterization", "optimizer"]
 NOISE_SUMMARY_COLUMNS = ["row", "seed", "examples", "trace_sigma", "grad_norm_sq", "b_simple"]
 B_BOOT = 500
 BOOT_SEED = 20181231
 
 
 # ----------------------------------------------------------------------------- slices
+def slice_keys(frame: pd.DataFrame) -> list[str]:
+    """The columns that name a slice: parameterization, optimizer and every axis the table has."""
+    return RULE_KEYS + axes_of(frame)
+
+
 def slice_curves(trials: pd.DataFrame) -> pd.DataFrame:
     """Seed-mean metric per slice and lr with the seed spread (min..max of finite values).
 
@@ -52,7 +61,7 @@ def slice_curves(trials: pd.DataFrame) -> pd.DataFrame:
     """
     finished = trials[trials["status"].isin(DONE_STATUSES)].copy()
     finished["finite"] = finished["metric"].where(np.isfinite(finished["metric"]))
-    grouped = finished.groupby(SLICE_AXES + ["lr"], sort=True)
+    grouped = finished.groupby(slice_keys(trials) + ["lr"], sort=True)
     out = grouped.agg(
         metric_mean=("metric", "mean"),
         metric_lo=("finite", "min"),
@@ -68,7 +77,7 @@ def seed_matrix(trials: pd.DataFrame) -> dict[tuple, tuple[np.ndarray, np.ndarra
     """Per slice: (log2 lr grid [L], seeds [S], metric [S, L]); missing cells are NaN."""
     finished = trials[trials["status"].isin(DONE_STATUSES)]
     out = {}
-    for key, group in finished.groupby(SLICE_AXES, sort=True):
+    for key, group in finished.groupby(slice_keys(trials), sort=True):
         table = group.pivot_table(index="seed", columns="lr", values="metric", aggfunc="first")
         table = table.sort_index(axis=1)
         out[key] = (np.log2(table.columns.to_numpy(dtype=float)), table.index.to_numpy(), table.to_numpy(dtype=float))
@@ -140,19 +149,25 @@ def _interval(samples: np.ndarray, estimate: float) -> tuple[float, float]:
 
 
 def optima(trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per slice: lr_opt with its bootstrap interval, metric_opt, at_edge, n_seeds."""
+    """One row per slice: lr_opt with its bootstrap interval, metric_opt, at_edge, n_seeds, and the
+    stability edge: lr_div, the smallest grid lr at which a seed diverged (NaN if none did), and
+    div_gap = log2 lr_div − log2 lr*, the octaves between the optimum and divergence."""
     matrices = seed_matrix(trials)
     boot = Bootstrap.for_seeds(trials["seed"].unique()) if len(trials) else None
     rows = []
     for key, (x, seeds, values) in matrices.items():
-        x_opt, m_opt, at_edge = refine(x, _seed_mean(values))
+        mean = _seed_mean(values)
+        x_opt, m_opt, at_edge = refine(x, mean)
         if boot is not None and len(seeds) > 1:
             samples = boot.optima(x, seeds, values)
             lo, hi = _interval(samples[np.isfinite(samples)], x_opt)
         else:
             lo = hi = math.nan
-        rows.append((*key, 2.0**x_opt, 2.0**lo, 2.0**hi, x_opt, m_opt, at_edge, len(seeds)))
-    columns = SLICE_AXES + ["lr_opt", "lr_lo", "lr_hi", "log2_lr_opt", "metric_opt", "at_edge", "n_seeds"]
+        diverged = np.flatnonzero(np.isposinf(mean))
+        x_div = float(x[diverged[0]]) if diverged.size else math.nan
+        rows.append((*key, 2.0**x_opt, 2.0**lo, 2.0**hi, x_opt, m_opt, at_edge, len(seeds), 2.0**x_div, x_div - x_opt))
+    columns = slice_keys(trials) + ["lr_opt", "lr_lo", "lr_hi", "log2_lr_opt", "metric_opt", "at_edge", "n_seeds",
+                                    "lr_div", "div_gap"]
     frame = pd.DataFrame(rows, columns=columns)
     frame["at_edge"] = frame["at_edge"].astype(bool)
     return frame
@@ -160,9 +175,8 @@ def optima(trials: pd.DataFrame) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- shifts
 def axis_value(axis: str, values: pd.Series | np.ndarray) -> np.ndarray:
-    """The shift's abscissa: log2 B, or log2(1 − β)."""
-    values = np.asarray(values, dtype=float)
-    return np.log2(values) if axis == "batch_size" else np.log2(1.0 - values)
+    """The shift's abscissa: log2 B, log2(1 − β), log2 width, ... (hpconj.axes)."""
+    return AXES[axis].position(values)
 
 
 def interpolated_metric(x: np.ndarray, m: np.ndarray, at: float) -> float:
@@ -180,67 +194,94 @@ def interpolated_metric(x: np.ndarray, m: np.ndarray, at: float) -> float:
 
 
 def shifts(trials: pd.DataFrame, optimum: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per parameterization × optimizer × axis × fixed value of the other axis: the shift of lr*."""
+    """Per parameterization × optimizer × axis × values of every other axis: the shift of lr*.
+
+    Along a numeric axis, one row per series of slices (the slope against the axis' abscissa);
+    along a categorical axis (init), one row per pair of its values, a → b: the move
+    log2 lr*(b) − log2 lr*(a) in `shift_octaves`, no slope."""
     optimum = optima(trials) if optimum is None else optimum
     matrices = seed_matrix(trials)
     boot = Bootstrap.for_seeds(trials["seed"].unique()) if len(trials) else None
+    axes, keys = axes_of(optimum), slice_keys(optimum)
     rows = []
-    for axis, other in (("batch_size", "momentum"), ("momentum", "batch_size")):
-        for (param, opt, fixed), group in optimum.groupby(["parameterization", "optimizer", other], sort=True):
-            group = group.sort_values(axis)
-            if len(group) < 2:
-                continue
-            rows.append(_shift_row(axis, other, param, opt, fixed, group, matrices, boot))
-    return pd.DataFrame(rows, columns=SHIFT_COLUMNS)
+    for axis in axes:
+        others = [a for a in axes if a != axis]
+        for at, group in optimum.groupby(RULE_KEYS + others, sort=True):
+            fixed = dict(zip(others, at[len(RULE_KEYS):]))
+            head = (*at[: len(RULE_KEYS)], axis)
+            numbers = (*(fixed.get(a, math.nan) for a in axes),)
+            if AXES[axis].categorical:
+                values = sorted(group[axis].unique())
+                for i, a in enumerate(values):
+                    for b in values[i + 1:]:
+                        pair = pd.concat([group[group[axis] == a], group[group[axis] == b]])
+                        rows.append((*head, f"{fixed_text(fixed)}: {a} → {b}", *numbers,
+                                     *_shift_numbers(axis, pair, keys, matrices, boot)))
+            elif len(group) >= 2:
+                rows.append((*head, fixed_text(fixed), *numbers,
+                             *_shift_numbers(axis, group.sort_values(axis), keys, matrices, boot)))
+    return pd.DataFrame(rows, columns=shift_columns(axes))
 
 
 # `fixed` says in words where a shift was measured ("momentum=0.9"); `fixed_<axis>` says it in
 # numbers (the value the axis was held at, NaN for the axis the shift runs along), for code to select on.
-SHIFT_COLUMNS = ["parameterization", "optimizer", "axis", "fixed", *(f"fixed_{a}" for a in SHIFT_AXES), "slope",
-                 "slope_lo", "slope_hi", "intercept", "shift_octaves", "regret_max", "regret_mean", "n_slices", "n_edge"]
+def shift_columns(axes: list[str]) -> list[str]:
+    return ["parameterization", "optimizer", "axis", "fixed", *(f"fixed_{a}" for a in axes), "slope", "slope_lo",
+            "slope_hi", "intercept", "shift_octaves", "shift_lo", "shift_hi", "regret_max", "regret_mean",
+            "n_slices", "n_edge"]
 
 
-def _shift_row(axis: str, other: str, param: str, opt: str, fixed: float, group: pd.DataFrame,
-               matrices: dict, boot: Bootstrap | None) -> tuple:
+SHIFT_COLUMNS = shift_columns(["batch_size", "momentum"])
+
+
+def _shift_numbers(axis: str, group: pd.DataFrame, keys: list[str], matrices: dict,
+                   boot: Bootstrap | None) -> tuple:
+    """slope and its interval, intercept, the move in octaves (last slice − first) and its interval,
+    regrets and counts of one series of slices (in order); no slope along a categorical axis."""
     usable = group[~group["at_edge"] & np.isfinite(group["log2_lr_opt"])]
-    xs = axis_value(axis, usable[axis])
     ys = usable["log2_lr_opt"].to_numpy()
-    slope = intercept = lo = hi = shift = math.nan
+    numeric = not AXES[axis].categorical
+    xs = axis_value(axis, usable[axis]) if numeric else None
+    slope = intercept = lo = hi = shift = shift_lo = shift_hi = math.nan
     if len(usable) >= 2:
-        slope, intercept = np.polyfit(xs, ys, 1)
+        if numeric:
+            slope, intercept = np.polyfit(xs, ys, 1)
         shift = float(ys[-1] - ys[0])
         if boot is not None:
-            samples = []
-            keys = [(param, opt, *(_slice_key(axis, v, fixed))) for v in usable[axis]]
-            per_slice = np.array([boot.optima(*matrices[k]) for k in keys])  # [slices, B_BOOT]
+            slopes, moves = [], []
+            per_slice = np.array([boot.optima(*matrices[k]) for k in _keys(usable, keys)])  # [slices, B_BOOT]
             for column in per_slice.T:
                 if np.isfinite(column).all():
-                    samples.append(np.polyfit(xs, column, 1)[0])
-            lo, hi = _interval(np.array(samples), slope)
-    regrets = _regrets(axis, param, opt, fixed, group, matrices)
+                    if numeric:
+                        slopes.append(np.polyfit(xs, column, 1)[0])
+                    moves.append(column[-1] - column[0])
+            if numeric:
+                lo, hi = _interval(np.array(slopes), slope)
+            shift_lo, shift_hi = _interval(np.array(moves), shift)
+    regrets = _regrets(group, keys, matrices)
     finite_regret = [r for r in regrets if not math.isnan(r)]
     return (
-        param, opt, axis, f"{other}={fixed:g}", *(float(fixed) if a == other else math.nan for a in SHIFT_AXES),
-        float(slope), float(lo), float(hi), float(intercept), shift,
+        float(slope), float(lo), float(hi), float(intercept), shift, float(shift_lo), float(shift_hi),
         max(finite_regret) if finite_regret else math.nan,
         float(np.mean(finite_regret)) if finite_regret else math.nan,
         len(group), int(group["at_edge"].sum()),
     )
 
 
-def _slice_key(axis: str, value: float, fixed: float) -> tuple:
-    return (value, fixed) if axis == "batch_size" else (fixed, value)
+def _keys(rows: pd.DataFrame, keys: list[str]) -> list[tuple]:
+    """Each row's slice key, as seed_matrix names its slices."""
+    return list(rows[keys].itertuples(index=False, name=None))
 
 
-def _regrets(axis: str, param: str, opt: str, fixed: float, group: pd.DataFrame, matrices: dict) -> list[float]:
+def _regrets(group: pd.DataFrame, keys: list[str], matrices: dict) -> list[float]:
     """Relative excess of the metric when the reference slice's lr* is reused on the others."""
     reference = group.iloc[0]
     transferred = reference["log2_lr_opt"]
     if not np.isfinite(transferred) or reference["at_edge"]:
         return [math.nan] * (len(group) - 1)  # no tuned lr to transfer (or only a bound)
     out = []
-    for _, row in group.iloc[1:].iterrows():
-        x, _, values = matrices[(param, opt, *_slice_key(axis, row[axis], fixed))]
+    for (_, row), key in zip(group.iloc[1:].iterrows(), _keys(group.iloc[1:], keys)):
+        x, _, values = matrices[key]
         best = row["metric_opt"]
         if not np.isfinite(best) or best <= 0:
             out.append(math.nan)
@@ -255,7 +296,8 @@ def best_grid_lr(trials: pd.DataFrame) -> pd.DataFrame:
     """Per slice: the grid lr with the lowest seed-mean metric (no refinement): the sweep's summary."""
     curves = slice_curves(trials)
     rows = []
-    for key, group in curves.groupby(SLICE_AXES, sort=True):
+    keys = slice_keys(trials)
+    for key, group in curves.groupby(keys, sort=True):
         group = group.sort_values("lr")
         values = group["metric_mean"].to_numpy()
         if not np.isfinite(values).any():
@@ -265,7 +307,7 @@ def best_grid_lr(trials: pd.DataFrame) -> pd.DataFrame:
         lr = float(group["lr"].iloc[best])
         at_edge = len(group) == 1 or best in (0, len(group) - 1)
         rows.append((*key, lr, math.log2(lr), float(values[best]), at_edge, int(group["n_seeds"].iloc[best])))
-    return pd.DataFrame(rows, columns=SLICE_AXES + ["lr_best", "log2_lr_best", "metric_best", "at_edge", "n_seeds"])
+    return pd.DataFrame(rows, columns=keys + ["lr_best", "log2_lr_best", "metric_best", "at_edge", "n_seeds"])
 
 
 def shift_sentences(shift: pd.DataFrame, optimum: pd.DataFrame) -> list[str]:
@@ -273,14 +315,18 @@ def shift_sentences(shift: pd.DataFrame, optimum: pd.DataFrame) -> list[str]:
     sentences = []
     for param, rows in shift.groupby("parameterization", sort=True):
         parts = []
-        for axis, label in (("batch_size", "batch size"), ("momentum", "momentum")):
+        for axis in (a for a in AXES if a in set(rows["axis"])):
             along = rows[rows["axis"] == axis]
-            if along.empty:
-                continue
             values = sorted(optimum[axis].unique())
-            span = f"B = {values[0]:g} → {values[-1]:g}" if axis == "batch_size" else f"β = {values[0]:g} → {values[-1]:g}"
+            span = f"{AXES[axis].symbol} = {AXES[axis].text(values[0])} → {AXES[axis].text(values[-1])}"
+            label = AXES[axis].words
+            against = AXES[axis].abscissa or "each pair of values"
             pieces = []
             for _, r in along.iterrows():
+                if AXES[axis].categorical and np.isfinite(r["shift_octaves"]):
+                    pieces.append(f"{r['shift_octaves']:+.1f} octaves [{r['shift_lo']:+.1f}, {r['shift_hi']:+.1f}] "
+                                  f"at {r['fixed']}")
+                    continue
                 if not np.isfinite(r["slope"]):
                     pieces.append(f"too few interior optima at {r['fixed']}")
                     continue
@@ -289,7 +335,7 @@ def shift_sentences(shift: pd.DataFrame, optimum: pd.DataFrame) -> list[str]:
             worst = along["regret_max"].max()
             cost = ("reusing the reference lr diverges" if np.isinf(worst)
                     else f"reusing the reference lr costs up to {100 * worst:.0f}%" if np.isfinite(worst) else "")
-            parts.append(f"{label} ({span}, against {SHIFT_AXES[axis]}): lr* moves " + ", ".join(pieces)
+            parts.append(f"{label} ({span}, against {against}): lr* moves " + ", ".join(pieces)
                          + (f"; {cost}" if cost else ""))
         edges = int(optimum[optimum["parameterization"] == param]["at_edge"].sum())
         tail = f" {edges} optima at the edge of the lr grid are bounds only and were left out of the fits." if edges else ""

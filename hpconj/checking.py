@@ -69,8 +69,8 @@ def run_check(folder: Path, *, integrity_only: bool, sample: str, rtol: float | 
     engine = str(manifest.get("engine", "cohort"))
     units = split_units(group_cohorts(chosen), {t.trial_id for t in chosen}, chunk_size, resources.workers)
     with LocalExecutor(engine, resources, chunk_size) as executor:
-        results = list(executor.run(task.to(device), config.task, units, device))
-    rerun, rerun_curves = results_frame(chosen, results, config.metric.name)
+        results = list(executor.run(task.to(device), config.first_task, units, device))
+    rerun, rerun_curves = results_frame(chosen, results, config.metric.name, list(config.sweep.task_axes()))
     report.rerun = len(rerun)
     if per_value:
         compare_results(stored, rerun, stored_curves, rerun_curves, report, rtol, atol, folder)

@@ -192,7 +192,10 @@ def validate(config_path: Path = ConfigArg, debug: bool = DebugOpt) -> None:
         plan, cost = None, exc.cost
     lrs = config.lrs
     out.print(f"[green]ok[/green] {config_path}: {config.name}", highlight=False)
-    out.print(f"  task        {task.description}", highlight=False)
+    swept = config.sweep.task_axes()
+    out.print(f"  task        {task.description}{' (the first architecture)' if swept else ''}", highlight=False)
+    for axis, values in swept.items():
+        out.print(f"  {axis:<11} {_listed(values)}", highlight=False)
     settings = config.optimizer_settings
     detail = f" ({', '.join(f'{k}={v:g}' for k, v in settings.model_dump().items())})" if settings else ""
     out.print(f"  optimizer   {config.optimizer}{detail}; parameterizations: {', '.join(config.parameterizations)}"
@@ -296,7 +299,11 @@ def table(folders: list[Path] = FoldersArg, accept_unverified: bool = AcceptOpt,
 
 
 def _short(text: str) -> str:
-    return str(text).replace("batch_size", "B").replace("momentum", "β")
+    from hpconj.axes import AXES
+
+    for name, axis in AXES.items():
+        text = str(text).replace(name, axis.symbol)
+    return text
 
 
 def print_report(frames: Any) -> None:
@@ -304,24 +311,28 @@ def print_report(frames: Any) -> None:
     import numpy as np
 
     from hpconj.analysis import shift_sentences
+    from hpconj.axes import AXES, axes_of
     from hpconj.report import interval_text
 
     meta = frames.meta
     optimum = Table(title=f"{meta['name']}: optimal lr per slice ({meta['task']}, {meta['optimizer']}, "
                           f"{meta['budget']}, {meta['metric']})")
-    for column in ("parameterization", "B", "β", "log2 lr*", "95% interval", "metric", "seeds"):
+    axes = axes_of(frames.optima) if not frames.optima.empty else ["batch_size", "momentum"]
+    for column in ("parameterization", *(AXES[a].symbol for a in axes), "log2 lr*", "95% interval", "metric", "seeds"):
         optimum.add_column(column, justify="left" if column == "parameterization" else "right")
     for _, r in frames.optima.iterrows():
+        at = [AXES[a].text(r[a]) for a in axes]
         if not np.isfinite(r["log2_lr_opt"]):
-            optimum.add_row(r["parameterization"], str(r["batch_size"]), f"{r['momentum']:g}", "all diverged", "", "",
-                            str(r["n_seeds"]))
+            optimum.add_row(r["parameterization"], *at, "all diverged", "", "", str(r["n_seeds"]))
             continue
         edge = " (edge)" if r["at_edge"] else ""
-        optimum.add_row(r["parameterization"], str(r["batch_size"]), f"{r['momentum']:g}",
+        optimum.add_row(r["parameterization"], *at,
                         f"{r['log2_lr_opt']:.2f}{edge}", interval_text(r["lr_lo"], r["lr_hi"]),
                         f"{r['metric_opt']:.4g}", str(r["n_seeds"]))
     out.print(optimum)
-    shift = Table(title="shift of log2 lr* (slope vs log2 B or log2(1 − β); regret of reusing the reference lr)")
+    shift = Table(title="shift of log2 lr* (slope vs log2 B, log2(1 − β), log2 of the axis; regret of reusing the "
+                        "reference lr)" if len(axes) > 2 else
+                  "shift of log2 lr* (slope vs log2 B or log2(1 − β); regret of reusing the reference lr)")
     for column in ("parameterization", "axis", "at", "slope", "95% interval", "octaves", "regret max", "edge"):
         shift.add_column(column, justify="left" if column in ("parameterization", "axis", "at") else "right")
     for _, r in frames.shifts.iterrows():

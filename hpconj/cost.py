@@ -96,8 +96,11 @@ class SweepCost:
 
 
 def trials_per_batch_size(config: Config) -> int:
-    """Trials sharing one batch size: parameterizations × momenta × seeds × learning rates."""
-    return len(config.parameterizations) * len(config.sweep.momentum) * len(config.seeds) * len(config.lrs)
+    """Trials sharing one batch size: architectures (the swept task axes' combinations) ×
+    parameterizations × momenta × seeds × learning rates."""
+    architectures = math.prod(len(values) for values in config.sweep.task_axes().values())
+    return (architectures * len(config.parameterizations) * len(config.sweep.momentum) * len(config.seeds)
+            * len(config.lrs))
 
 
 def trial_count(config: Config) -> int:

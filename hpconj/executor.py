@@ -90,11 +90,13 @@ class LocalExecutor:
             apply_determinism()
             engine = get_engine(self.engine_name, chunk_size=self.chunk_size)
             for unit in units:
-                yield from engine.run(task, unit.trials, device)
+                # the task passed in is the config's; a unit of another architecture builds its own
+                own = task if unit.task == spec else task_on_worker(unit.task, str(device))[0]
+                yield from engine.run(own, unit.trials, device)
             return
         pool = self._workers()
         pending: set[Future] = {
-            pool.submit(run_unit, self.engine_name, self.chunk_size, spec, unit, str(device)) for unit in units
+            pool.submit(run_unit, self.engine_name, self.chunk_size, unit, str(device)) for unit in units
         }
         try:
             while pending:

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from hpconj.axes import AXES
 from hpconj.records import STATUSES
 
 # Every name hpconj writes in a results folder; nothing else in hpconj spells them out.
@@ -235,9 +236,10 @@ def refuse_if_busy(folder: Path) -> None:
 
 # ----------------------------------------------------------------------------- reading its tables
 # Columns that analysis and check read, by kind. A column not listed is read as pandas infers it.
-TEXT_COLUMNS = ("trial_id", "status", "parameterization", "optimizer", "axis", "fixed", "error", "params_sha256")
+TEXT_COLUMNS = ("trial_id", "status", "parameterization", "optimizer", "axis", "fixed", "error", "params_sha256",
+                *(a for a in AXES if AXES[a].categorical), *(f"fixed_{a}" for a in AXES if AXES[a].categorical))
 INTEGER_COLUMNS = ("batch_size", "seed", "steps", "examples", "step", "n_seeds", "n_slices", "n_edge",
-                   "reference_batch_size")
+                   "reference_batch_size", "width", "depth")
 
 
 def read_table(path: Path, required: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -267,6 +269,9 @@ RANGES = {
     "batch_size": (lambda v: v >= 1, "not a batch size of at least 1"),
     "momentum": (lambda v: (v >= 0) & (v < 1), "not a momentum in [0, 1)"),
     "seed": (lambda v: v >= 0, "not a seed of at least 0"),
+    "width": (lambda v: v >= 1, "not a width of at least 1"),
+    "depth": (lambda v: v >= 0, "not a depth of at least 0"),
+    "init_scale": (lambda v: (v > 0) & np.isfinite(v), "not a positive finite init scale"),
 }
 NOT_EMPTY = ("trial_id", "status", "parameterization", "optimizer", "lr", "batch_size", "momentum", "seed", "step")
 
@@ -436,9 +441,16 @@ def trial_set(config: Any, stored: pd.DataFrame) -> tuple[dict[str, Any], list[s
 
 
 def rebuild_trial(config: Any, row: pd.Series) -> Any:
-    from hpconj.trials import Trial
+    from hpconj.trials import Trial, task_for
 
     b_ref = row.get("reference_batch_size")
     b_ref = None if b_ref is None or pd.isna(b_ref) else int(b_ref)
-    return Trial(config.task, config.optimizer, str(row["parameterization"]), float(row["lr"]), int(row["batch_size"]),
+    swept = {a: row[a] for a in config.sweep.task_axes() if a in row.index}
+    task = config.task
+    if swept:
+        values = {a: (str(v) if AXES[a].categorical else int(v) if a in INTEGER_COLUMNS else float(v))
+                  for a, v in swept.items()}
+        task = type(task).model_validate({**task.model_dump(), **values})
+    task = task_for(config, task, str(row["parameterization"]))
+    return Trial(task, config.optimizer, str(row["parameterization"]), float(row["lr"]), int(row["batch_size"]),
                  float(row["momentum"]), int(row["seed"]), config.budget, b_ref, config.optimizer_settings)

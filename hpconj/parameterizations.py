@@ -42,11 +42,17 @@ def conjugate(hp: Hyperparameters) -> Native:
     return _rule(hp, "conjugate")
 
 
-PARAMETERIZATIONS: dict[str, Parameterization] = {"standard": standard, "sqrt": sqrt, "conjugate": conjugate}
+def mup(hp: Hyperparameters) -> Native:
+    """μP (Yang et al. 2022): standard's settings, per-layer init and lr multipliers of width/base_width."""
+    return _rule(hp, "mup")
+
+
+PARAMETERIZATIONS: dict[str, Parameterization] = {"standard": standard, "sqrt": sqrt, "conjugate": conjugate,
+                                                  "mup": mup}
 
 # Which of the config's settings each parameterization reads, besides (η, B, β): the trial id
 # includes exactly these, so changing B_ref does not invalidate standard trials.
-USES_REFERENCE_BATCH_SIZE: dict[str, bool] = {"standard": False, "sqrt": True, "conjugate": True}
+USES_REFERENCE_BATCH_SIZE: dict[str, bool] = {"standard": False, "sqrt": True, "conjugate": True, "mup": False}
 
 
 def native_settings(name: str, hp: Hyperparameters) -> Native:

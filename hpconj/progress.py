@@ -17,6 +17,7 @@ from rich.progress import (
 from rich.table import Table
 
 from hpconj.analysis import best_grid_lr
+from hpconj.axes import AXES, axes_of
 from hpconj.config import Config
 from hpconj.engine import TrialResult
 from hpconj.folder import read_trials
@@ -80,11 +81,13 @@ def print_summary(console: Console, folder: Path, config: Config, outcome: Sweep
     lrs = sorted(trials["lr"].unique())
     table = Table(title=f"best grid lr by seed-mean {config.metric.name} ({config.name})")
     table.add_column("parameterization")
-    table.add_column("β", justify="right")
+    others = [a for a in axes_of(best) if a != "batch_size"]
+    for axis in others:
+        table.add_column(AXES[axis].symbol, justify="right")
     batch_sizes = sorted(best["batch_size"].unique())
     for b in batch_sizes:
         table.add_column(f"B={b}", justify="right")
-    for (param, beta), rows in best.groupby(["parameterization", "momentum"], sort=True):
+    for (param, *at), rows in best.groupby(["parameterization", *others], sort=True):
         cells = []
         for b in batch_sizes:
             row = rows[rows["batch_size"] == b]
@@ -94,7 +97,7 @@ def print_summary(console: Console, folder: Path, config: Config, outcome: Sweep
             r = row.iloc[0]
             index = lrs.index(r["lr_best"]) if math.isfinite(r["lr_best"]) else -1
             cells.append(_power(r["lr_best"], bool(r["at_edge"]), index, len(lrs)))
-        table.add_row(param, f"{beta:g}", *cells)
+        table.add_row(param, *(AXES[a].text(v) for a, v in zip(others, at)), *cells)
     console.print(table)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome.counts.items()))
     console.print(

@@ -198,7 +198,6 @@ class RayExecutor:
             return
         # Ray picks the GPU of each task and shows it to the worker as its only one
         on_worker = "cuda" if device.type == "cuda" else str(device)
-        spec_ref = ray.put(spec)
         paths = _import_paths()
         waiting = list(units)
         self._pending = {}
@@ -206,7 +205,7 @@ class RayExecutor:
         def submit() -> None:
             while waiting and len(self._pending) < self.resources.workers:
                 unit = waiting.pop(0)
-                ref = self._remote.remote(self.engine_name, self.chunk_size, spec_ref, unit, on_worker,
+                ref = self._remote.remote(self.engine_name, self.chunk_size, unit, on_worker,
                                           self.resources.threads, paths)
                 self._pending[ref] = unit
 
@@ -301,8 +300,8 @@ def _prepare_worker(threads: int, paths: list[str]) -> None:
     prepare_worker(threads)
 
 
-def _run_unit(engine_name: str, chunk_size: int, spec: TaskSpec, unit: WorkUnit, device: str, threads: int,
+def _run_unit(engine_name: str, chunk_size: int, unit: WorkUnit, device: str, threads: int,
               paths: list[str]) -> list[TrialResult]:
     """The Ray task: train one unit, return its results to the driver."""
     _prepare_worker(threads, paths)
-    return run_unit(engine_name, chunk_size, spec, unit, device)
+    return run_unit(engine_name, chunk_size, unit, device)

@@ -6,6 +6,7 @@ existed, or with noise_scale.enabled false, are analysed without it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pandas as pd
 
 from hpconj.analysis import (
     noise_scale_text,
+    slice_keys,
     noise_sentence,
     noise_summary,
     optima,
@@ -22,6 +24,7 @@ from hpconj.analysis import (
     shifts,
     slice_curves,
 )
+from hpconj.axes import AXES, axes_of
 from hpconj.config import ConfigError, config_from_dict
 from hpconj.folder import (CONFIG_FILE, CURVES_FILE, CURVE_REQUIRED, NOISE_FILE, NOISE_REQUIRED, OPTIMA_FILE,
                            SHIFTS_FILE, SUMMARY_FILE, TRIALS_FILE, FolderError, read_config_data, read_manifest,
@@ -120,7 +123,10 @@ def describe(config: dict[str, Any]) -> dict[str, str]:
     if model == "quadratic":
         text = f"noisy quadratic (d = {task.get('dim')}, h ∈ [{task.get('h_min'):g}, {task.get('h_max'):g}])"
     elif model in ("mlp", "deep_linear"):
-        text = f"{model} width {task.get('width')} depth {task.get('depth')} on {Path(str(data_name)).name}"
+        sweep = config.get("sweep", {})
+        shape = " ".join(f"{k} {task[k] if k in task else '/'.join(map(str, sweep.get(k) or ['?']))}"
+                         for k in ("width", "depth"))
+        text = f"{model} {shape} on {Path(str(data_name)).name}"
     else:
         text = f"{model} on {Path(str(data_name)).name}"
     budget = {k: v for k, v in config.get("budget", {}).items() if v is not None}
@@ -147,11 +153,10 @@ def analyse(results: Results) -> Frames:
 
 def training_at_optimum(trials: pd.DataFrame, curves: pd.DataFrame, optimum: pd.DataFrame) -> pd.DataFrame:
     """Loss curves (every seed) of the grid lr nearest each slice's optimum."""
-    columns = ["parameterization", "optimizer", "batch_size", "momentum", "lr", "seed", "step", "examples",
-               "train_loss"]
+    keys = slice_keys(trials)
+    columns = keys + ["lr", "seed", "step", "examples", "train_loss"]
     if curves.empty or optimum.empty:
         return pd.DataFrame(columns=columns)
-    keys = ["parameterization", "optimizer", "batch_size", "momentum"]
     picked = []
     for _, row in optimum[np.isfinite(optimum["log2_lr_opt"])].iterrows():
         mask = np.logical_and.reduce([trials[k] == row[k] for k in keys]) & (trials["status"] == OK)
@@ -180,28 +185,40 @@ def summary_markdown(frames: Frames) -> str:
     for sentence in shift_sentences(frames.shifts, frames.optima):
         lines += [sentence, ""]
     lines += ["## Optima", "", "lr* is sub-grid (parabola in log2 lr); [lo, hi] a 95% bootstrap interval over seeds; "
-              "≤/≥ mark an optimum at the edge of the grid (a bound, not a value).", ""]
-    lines.append("| parameterization | B | β | lr* | log2 lr* | interval (log2) | metric | seeds |")
-    lines.append("|---|---:|---:|---:|---:|---|---:|---:|")
+              "≤/≥ mark an optimum at the edge of the grid (a bound, not a value); lr_div is the smallest lr of the "
+              "grid at which a seed diverged, with its distance above lr* in octaves (– when none did).", ""]
+    axes = axes_of(frames.optima) if not frames.optima.empty else ["batch_size", "momentum"]
+    lines.append(f"| parameterization | {' | '.join(AXES[a].symbol for a in axes)} | lr* | log2 lr* | interval (log2) "
+                 "| metric | seeds | lr_div (octaves above lr*) |")
+    lines.append(f"|---|{'---:|' * len(axes)}---:|---:|---|---:|---:|---:|")
     for _, r in frames.optima.iterrows():
+        at = " | ".join(AXES[a].text(r[a]) for a in axes)
+        edge = _divergence_text(r)
         if not np.isfinite(r["log2_lr_opt"]):
-            lines.append(f"| {r['parameterization']} | {r['batch_size']} | {r['momentum']:g} | all diverged | | | | {r['n_seeds']} |")
+            lines.append(f"| {r['parameterization']} | {at} | all diverged | | | | {r['n_seeds']} | {edge} |")
             continue
         bound = "" if not r["at_edge"] else ("≤ " if _is_low_edge(frames.curves, r) else "≥ ")
         lines.append(
-            f"| {r['parameterization']} | {r['batch_size']} | {r['momentum']:g} | {bound}{r['lr_opt']:.3g} | "
+            f"| {r['parameterization']} | {at} | {bound}{r['lr_opt']:.3g} | "
             f"{bound}{r['log2_lr_opt']:.2f} | {interval_text(r['lr_lo'], r['lr_hi'])} | "
-            f"{r['metric_opt']:.4g} | {r['n_seeds']} |"
+            f"{r['metric_opt']:.4g} | {r['n_seeds']} | {edge} |"
         )
-    lines += ["", "## Shifts", "", "slope of log2 lr* against log2 B (batch size) or log2(1 − β) (momentum); "
-              "shift = total move in octaves; regret = relative excess of the metric when the lr tuned at the "
-              "smallest B (or β) is reused.", ""]
+    more = [f"{AXES[a].abscissa} ({AXES[a].words})" for a in axes
+            if a not in ("batch_size", "momentum") and not AXES[a].categorical]
+    against = ", ".join(["log2 B (batch size)", *more]) + " or log2(1 − β) (momentum)"
+    reference = "the smallest value of the axis" if more else "the smallest B (or β)"
+    lines += ["", "## Shifts", "", f"slope of log2 lr* against {against}; shift = total move in octaves; regret = "
+              f"relative excess of the metric when the lr tuned at {reference} is reused.", ""]
     lines.append("| parameterization | axis | at | slope | 95% interval | shift (octaves) | regret max | regret mean | slices | edge |")
     lines.append("|---|---|---|---:|---|---:|---:|---:|---:|---:|")
     for _, r in frames.shifts.iterrows():
+        categorical = r["axis"] in AXES and AXES[r["axis"]].categorical
+        slope = "–" if categorical else f"{r['slope']:.2f}"
+        interval = (f"[{r['shift_lo']:+.2f}, {r['shift_hi']:+.2f}] (shift)" if categorical
+                    else f"[{r['slope_lo']:.2f}, {r['slope_hi']:.2f}]")
         lines.append(
-            f"| {r['parameterization']} | {r['axis']} | {r['fixed']} | {r['slope']:.2f} | "
-            f"[{r['slope_lo']:.2f}, {r['slope_hi']:.2f}] | {r['shift_octaves']:+.2f} | {_percent(r['regret_max'])} | "
+            f"| {r['parameterization']} | {r['axis']} | {r['fixed']} | {slope} | "
+            f"{interval} | {r['shift_octaves']:+.2f} | {_percent(r['regret_max'])} | "
             f"{_percent(r['regret_mean'])} | {r['n_slices']} | {r['n_edge']} |"
         )
     lines += noise_markdown(frames)
@@ -242,8 +259,17 @@ def _percent(value: float) -> str:
     return "–" if not np.isfinite(value) else f"{100 * value:.0f}%"
 
 
+def _divergence_text(row: pd.Series) -> str:
+    """'0.5 (+1.3)': the smallest lr that diverged and its octaves above lr*; '–' when none did."""
+    lr_div = row.get("lr_div", math.nan)
+    if not np.isfinite(lr_div):
+        return "–"
+    gap = row.get("div_gap", math.nan)
+    return f"{lr_div:.3g} ({gap:+.1f})" if np.isfinite(gap) else f"{lr_div:.3g}"
+
+
 def _is_low_edge(curves: pd.DataFrame, row: pd.Series) -> bool:
-    mask = np.logical_and.reduce([curves[k] == row[k] for k in ("parameterization", "optimizer", "batch_size", "momentum")])
+    mask = np.logical_and.reduce([curves[k] == row[k] for k in slice_keys(curves)])
     return bool(np.isclose(row["log2_lr_opt"], curves[mask]["log2_lr"].min()))
 
 

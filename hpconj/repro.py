@@ -16,7 +16,7 @@ import functools
 import math
 import platform
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,8 @@ import pandas as pd
 import torch
 
 import hpconj
-from hpconj.analysis import best_grid_lr, optima, shifts
+from hpconj.analysis import best_grid_lr, optima, shifts, slice_keys
+from hpconj.axes import AXES
 from hpconj.config import Config, config_from_dict
 from hpconj.engine.base import tensors_digest
 from hpconj.folder import (CONFIG_FILE, CURVES_FILE, CURVE_REQUIRED, OPTIMA_FILE, SHIFTS_FILE, TRIALS_FILE,
@@ -34,10 +35,9 @@ from hpconj.folder import (CONFIG_FILE, CURVES_FILE, CURVE_REQUIRED, OPTIMA_FILE
 from hpconj.folder import read_manifest as folder_manifest
 from hpconj.records import DIVERGED, OK
 from hpconj.store import TRIAL_COLUMNS, trials_table
-from hpconj.trials import Trial
+from hpconj.trials import Trial, axis_values
 from hpconj.workers import apply_determinism
 
-SLICE_KEYS = ["parameterization", "optimizer", "batch_size", "momentum"]
 COMPARED = ("status", "train_loss", "val_loss", "val_error", "metric", "steps", "examples")
 
 
@@ -165,7 +165,7 @@ def select_trials(stored: pd.DataFrame, spec: str) -> list[str]:
     chosen = set(ids[: int(count)])
     best = best_grid_lr(stored).dropna(subset=["lr_best"])
     for _, row in best.iterrows():
-        mask = np.logical_and.reduce([stored[k] == row[k] for k in SLICE_KEYS])
+        mask = np.logical_and.reduce([stored[k] == row[k] for k in slice_keys(stored)])
         grid = np.sort(stored.loc[mask, "lr"].unique())
         i = int(np.searchsorted(grid, row["lr_best"]))
         near = grid[max(0, i - 1): i + 2]
@@ -324,8 +324,9 @@ def compare_conclusions(stored: pd.DataFrame, rerun: pd.DataFrame, stored_curves
     where the stored trial was already CLIFF_FACTOR times worse than the best. Steps and
     examples of trials that finished on both machines must be equal.
     """
-    best = best_grid_lr(stored).set_index(SLICE_KEYS)["lr_best"]
-    noise = {key: SliceNoise.of(group, best.get(key, math.inf)) for key, group in stored.groupby(SLICE_KEYS)}
+    keys = slice_keys(stored)
+    best = best_grid_lr(stored).set_index(keys)["lr_best"]
+    noise = {key: SliceNoise.of(group, best.get(key, math.inf)) for key, group in stored.groupby(keys)}
     by_id = stored.set_index("trial_id")
     quantum = metric_quantum(stored["metric"])
     stable_ids = []
@@ -335,7 +336,7 @@ def compare_conclusions(stored: pd.DataFrame, rerun: pd.DataFrame, stored_curves
         for name in ("steps", "examples") if old["status"] == OK == row["status"] else ():  # a divergence may come sooner
             if not same(old[name], row[name], 0.0, 0.0):
                 report.add(where, name, old[name], row[name])
-        key = tuple(old[k] for k in SLICE_KEYS)
+        key = tuple(old[k] for k in keys)
         if key not in noise:
             continue
         ok, stable = _agrees(noise[key], float(old["lr"]), old, row, quantum)
@@ -394,10 +395,11 @@ def _compare_curves(stable: list[str], stored: pd.DataFrame, stored_curves: pd.D
     loss at that step (or of its median over the curve, if larger)."""
     if stored_curves.empty or rerun_curves.empty or not stable:
         return
-    cells = stored.set_index("trial_id")[[*SLICE_KEYS, "lr"]]
+    keys = slice_keys(stored)
+    cells = stored.set_index("trial_id")[[*keys, "lr"]]
     points = stored_curves.join(cells, on="trial_id")
     points["log"] = _log_metric(points["train_loss"])
-    spread = points.groupby([*SLICE_KEYS, "lr", "step"])["log"].agg(lambda v: _spread(v.to_numpy()))
+    spread = points.groupby([*keys, "lr", "step"])["log"].agg(lambda v: _spread(v.to_numpy()))
     a = stored_curves[stored_curves["trial_id"].isin(stable)].set_index(["trial_id", "step"])["train_loss"]
     b = rerun_curves[rerun_curves["trial_id"].isin(stable)].set_index(["trial_id", "step"])["train_loss"]
     joined = pd.concat([a.rename("a"), b.rename("b")], axis=1)
@@ -444,7 +446,7 @@ def compare_analysis(folder: Path, stored: pd.DataFrame, merged: pd.DataFrame, r
 
 def _compare_optima_table(table: pd.DataFrame, derived: pd.DataFrame, report: CheckReport, label: str,
                           rtol: float) -> None:
-    joined = table.merge(derived, on=SLICE_KEYS, suffixes=("_stored", "_now"))
+    joined = table.merge(derived, on=slice_keys(derived), suffixes=("_stored", "_now"))
     for _, r in joined.iterrows():
         for name in ("lr_opt", "lr_lo", "lr_hi", "metric_opt"):
             if not same(r[f"{name}_stored"], r[f"{name}_now"], rtol, 0.0):
@@ -452,7 +454,7 @@ def _compare_optima_table(table: pd.DataFrame, derived: pd.DataFrame, report: Ch
 
 
 def _compare_optima_moves(table: pd.DataFrame, derived: pd.DataFrame, report: CheckReport) -> None:
-    joined = table.merge(derived, on=SLICE_KEYS, suffixes=("_stored", "_now"))
+    joined = table.merge(derived, on=slice_keys(derived), suffixes=("_stored", "_now"))
     for _, r in joined.iterrows():
         old, new = float(r["log2_lr_opt_stored"]), float(r["log2_lr_opt_now"])
         if not (np.isfinite(old) and np.isfinite(new)):
@@ -491,16 +493,19 @@ def _compare_slope_moves(table: pd.DataFrame, derived: pd.DataFrame, report: Che
 
 
 def _slice(row: pd.Series) -> str:
-    return f"({row['parameterization']}, B={row['batch_size']}, β={row['momentum']:g})"
+    """'(standard, B=16, β=0.9)', with every other axis the row has."""
+    axes = [a for a in AXES if a in row.index]
+    return f"({', '.join([str(row['parameterization'])] + [f'{AXES[a].symbol}={AXES[a].text(row[a])}' for a in axes])})"
 
 
-def results_frame(trials: Iterable[Trial], results: Iterable[Any], metric_name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def results_frame(trials: Iterable[Trial], results: Iterable[Any], metric_name: str,
+                  task_axes: Sequence[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Re-run results as trials.csv and curves.csv rows (the same columns and conversions)."""
     by_id = {t.trial_id: t for t in trials}
     rows, points = [], []
     for r in results:
         t = by_id[r.trial_id]
-        rows.append({
+        rows.append({**axis_values(t, task_axes),
             "trial_id": t.trial_id, "status": r.status, "parameterization": t.parameterization,
             "optimizer": t.optimizer, "lr": t.lr, "batch_size": t.batch_size, "momentum": t.momentum, "seed": t.seed,
             "train_loss": r.train_loss, "val_loss": r.val_loss, "val_error": r.val_error, "steps": r.steps,
@@ -509,5 +514,7 @@ def results_frame(trials: Iterable[Trial], results: Iterable[Any], metric_name: 
         })
         points += [{"trial_id": t.trial_id, "step": p.step, "examples": p.examples, "train_loss": p.train_loss}
                    for p in r.curve]
-    frame = trials_table(pd.DataFrame(rows), metric_name) if rows else pd.DataFrame(columns=TRIAL_COLUMNS)
+    frame = (trials_table(pd.DataFrame(rows), metric_name, task_axes) if rows
+             else pd.DataFrame(columns=TRIAL_COLUMNS[:TRIAL_COLUMNS.index("momentum") + 1] + list(task_axes)
+                               + TRIAL_COLUMNS[TRIAL_COLUMNS.index("momentum") + 1:]))
     return frame, pd.DataFrame(points)

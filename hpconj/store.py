@@ -10,10 +10,13 @@ import json
 import math
 import sqlite3
 from datetime import datetime, timezone
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from hpconj.axes import TASK_AXES
 from hpconj.folder import CURVES_FILE, NOISE_FILE, STORE_NAME, TRIALS_FILE, write_atomic
 from hpconj.records import DIVERGED, DONE_STATUSES, FAILED, NoiseEstimate, TrialResult
 from hpconj.trials import Trial
@@ -155,17 +158,23 @@ class Store:
     def counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT status, COUNT(*) FROM trials GROUP BY status").fetchall())
 
-    def trials_frame(self, metric_name: str) -> pd.DataFrame:
+    def trials_frame(self, metric_name: str, task_axes: Mapping[str, Any] | None = None) -> pd.DataFrame:
+        """The trials.csv table; `task_axes` maps each swept architecture axis (hpconj.axes) to the
+        value a task records by leaving it out (its default), and adds its column."""
         frame = pd.read_sql_query("SELECT * FROM trials", self.db)
-        return trials_table(frame, metric_name)
+        tasks = [json.loads(f)["task"] for f in frame["fields"]]
+        for axis, default in (task_axes or {}).items():
+            frame[axis] = [task.get(axis, default) for task in tasks]
+        return trials_table(frame, metric_name, list(task_axes or {}))
 
     def curves_frame(self) -> pd.DataFrame:
         frame = pd.read_sql_query("SELECT trial_id, step, examples, train_loss FROM curves", self.db)
         return frame.sort_values(["trial_id", "step"], kind="stable").reset_index(drop=True)
 
 
-def trials_table(frame: pd.DataFrame, metric_name: str) -> pd.DataFrame:
-    """The trials.csv table: the configured metric added (+inf if diverged), sorted, fixed columns."""
+def trials_table(frame: pd.DataFrame, metric_name: str, task_axes: Sequence[str] = ()) -> pd.DataFrame:
+    """The trials.csv table: the configured metric added (+inf if diverged), sorted, fixed columns;
+    the swept architecture axes' columns (in hpconj.axes order) after momentum."""
     frame = frame.copy()
     for col in ("train_loss", "val_loss", "val_error"):
         frame[col] = frame[col].astype(float)
@@ -173,14 +182,17 @@ def trials_table(frame: pd.DataFrame, metric_name: str) -> pd.DataFrame:
     frame.loc[frame["status"] == DIVERGED, "metric"] = math.inf
     frame.loc[frame["status"] == FAILED, "metric"] = math.nan
     frame["reference_batch_size"] = frame["reference_batch_size"].astype("Int64")
-    frame = frame.sort_values(_SORT, kind="stable").reset_index(drop=True)
-    return frame[TRIAL_COLUMNS]
+    axes = [a for a in TASK_AXES if a in task_axes]
+    frame = frame.sort_values(_SORT[:2] + axes + _SORT[2:], kind="stable").reset_index(drop=True)
+    at = TRIAL_COLUMNS.index("momentum") + 1
+    return frame[TRIAL_COLUMNS[:at] + axes + TRIAL_COLUMNS[at:]]
 
 
-def export_csv(store: Store, folder: Path, metric_name: str) -> tuple[Path, Path]:
+def export_csv(store: Store, folder: Path, metric_name: str,
+               task_axes: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
     """trials.csv and curves.csv from the store (floats in full precision, +inf as `inf`)."""
     trials_path, curves_path = folder / TRIALS_FILE, folder / CURVES_FILE
-    write_atomic(trials_path, store.trials_frame(metric_name).to_csv(index=False))
+    write_atomic(trials_path, store.trials_frame(metric_name, task_axes).to_csv(index=False))
     write_atomic(curves_path, store.curves_frame().to_csv(index=False))
     return trials_path, curves_path
 

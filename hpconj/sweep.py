@@ -135,7 +135,7 @@ def check_per_example_model(task: Task) -> None:
 
 def load_task(config: Config) -> Task:
     try:
-        return build_task(config.task)
+        return build_task(config.first_task)
     except TaskError as exc:
         raise SweepError(f"task: {exc}") from None
 
@@ -282,7 +282,7 @@ def _run_locked(
         on_start(len(plan.trials), outcome.skipped)
     try:
         measure_noise(config, on_device, store, device)  # a new estimate shows after the next `hpconj plot`
-        for result in executor.run(on_device, config.task, units, device):
+        for result in executor.run(on_device, config.first_task, units, device):
             trial = by_id[result.trial_id]
             store.record(trial, result, executor.engine_name, str(device))
             outcome.ran += 1
@@ -294,7 +294,7 @@ def _run_locked(
         outcome.interrupted = True
     finally:
         outcome.counts = store.counts()
-        export_csv(store, folder, config.metric.name)
+        export_csv(store, folder, config.metric.name, config.task_axis_defaults())
         export_noise_csv(store, folder)
         finished = len(store.finished_ids() & {t.trial_id for t in plan.trials})
         status = "interrupted" if outcome.interrupted else ("complete" if finished == len(plan.trials) else "partial")

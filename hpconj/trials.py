@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from itertools import product
 from typing import Any
 
+from hpconj.axes import AXES
 from hpconj.config import Budget, Config, Record, TaskSpec, stable_hash
 from hpconj.optim import Hyperparameters, Native
 from hpconj.parameterizations import USES_REFERENCE_BATCH_SIZE, native_settings
@@ -62,25 +63,50 @@ class Trial:
 
 @dataclass(frozen=True)
 class Cohort:
+    """Trials that share task (architecture included), batch size and budget."""
+
     batch_size: int
     trials: tuple[Trial, ...]
 
+    @property
+    def task(self) -> TaskSpec:
+        return self.trials[0].task
+
 
 def expand_trials(config: Config) -> list[Trial]:
-    """Every trial of the sweep, in a fixed order (batch size, parameterization, β, seed, lr)."""
+    """Every trial of the sweep, in a fixed order (architecture, batch size, parameterization, β,
+    seed, lr); the architecture loop is absent when no task axis is swept."""
     trials = []
-    for batch_size, param, momentum, seed, lr in product(
-        config.sweep.batch_size, config.parameterizations, config.sweep.momentum, config.seeds, config.lrs
-    ):
-        b_ref = config.reference_batch_size if USES_REFERENCE_BATCH_SIZE[param] else None
-        trials.append(Trial(config.task, config.optimizer, param, lr, batch_size, momentum, seed, config.budget, b_ref,
-                            config.optimizer_settings))
+    for _, task in config.task_variants():
+        tasks = {param: task_for(config, task, param) for param in config.parameterizations}
+        for batch_size, param, momentum, seed, lr in product(
+            config.sweep.batch_size, config.parameterizations, config.sweep.momentum, config.seeds, config.lrs
+        ):
+            b_ref = config.reference_batch_size if USES_REFERENCE_BATCH_SIZE[param] else None
+            trials.append(Trial(tasks[param], config.optimizer, param, lr, batch_size, momentum, seed, config.budget,
+                                b_ref, config.optimizer_settings))
     return trials
 
 
+def task_for(config: Config, task: TaskSpec, parameterization: str) -> TaskSpec:
+    """The task a trial of `parameterization` trains: μP is a model as well as per-layer lrs, so
+    its trials train the task's μP form (and form cohorts of their own); the others, `task`."""
+    if parameterization == "mup":
+        return task.model_copy(update={"mup_base_width": config.mup_base_width})
+    return task
+
+
 def group_cohorts(trials: list[Trial]) -> list[Cohort]:
-    """Trials sharing task, batch size and budget; one config has one task and budget."""
-    by_batch: dict[int, list[Trial]] = {}
+    """Trials sharing task and batch size (one config has one budget), by batch size, then in the
+    order the architectures first appear."""
+    groups: dict[tuple[str, int], list[Trial]] = {}
     for trial in trials:
-        by_batch.setdefault(trial.batch_size, []).append(trial)
-    return [Cohort(b, tuple(ts)) for b, ts in sorted(by_batch.items())]
+        groups.setdefault((trial.task.model_dump_json(), trial.batch_size), []).append(trial)
+    order = {key: i for i, key in enumerate(dict.fromkeys(k for k, _ in groups))}
+    ordered = sorted(groups.items(), key=lambda item: (item[0][1], order[item[0][0]]))
+    return [Cohort(b, tuple(ts)) for (_, b), ts in ordered]
+
+
+def axis_values(trial: Trial, axes: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """The trial's value on each of `axes` (hpconj.axes): its own coordinate or its task's field."""
+    return {a: getattr(trial.task, a) if AXES[a].task else getattr(trial, a) for a in axes}

@@ -48,8 +48,14 @@ class ExecutorError(RuntimeError):
 
 @dataclass(frozen=True)
 class WorkUnit:
+    """A piece of a cohort: trials of one task (architecture) and batch size."""
+
     batch_size: int
     trials: tuple[Trial, ...]
+
+    @property
+    def task(self) -> TaskSpec:
+        return self.trials[0].task
 
 
 def usable_cores() -> int:
@@ -123,10 +129,10 @@ def task_on_worker(spec: TaskSpec, device: str) -> tuple[Task, bool]:
     return _TASKS[key], built
 
 
-def run_unit(engine_name: str, chunk_size: int, spec: TaskSpec, unit: WorkUnit, device: str) -> list[TrialResult]:
+def run_unit(engine_name: str, chunk_size: int, unit: WorkUnit, device: str) -> list[TrialResult]:
     """Train one unit in a prepared worker; the results go back to the main process."""
     engine = get_engine(engine_name, chunk_size=chunk_size)
-    task, _ = task_on_worker(spec, device)
+    task, _ = task_on_worker(unit.task, device)
     return list(engine.run(task, unit.trials, torch.device(device)))
 
 

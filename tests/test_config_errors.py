@@ -99,7 +99,8 @@ def test_the_base_config_is_valid(tmp_path: Path) -> None:
 CASES: list[tuple[str, dict[str, Any], str, tuple[str, ...] | None, tuple[str, ...]]] = [
     ("unknown-top-level-key", {"colour": "red"}, "colour", (r"^colour:",),
      ("unknown key", "expected one of: name, task, optimizer, adam, rmsprop, adagrad, mcallester, "
-                     "parameterizations, reference_batch_size, budget, sweep, seeds, metric, noise_scale, device")),
+                     "parameterizations, base_width, reference_batch_size, budget, sweep, seeds, metric, noise_scale, "
+                     "device")),
     ("unknown-sweep-key", {"sweep.foo": 1}, "sweep.foo", (r"^sweep:", r"^  foo:"),
      ("unknown key", "expected one of: lr, batch_size, momentum")),
     ("unknown-mlp-key", {"task.widht": 8}, "task.widht", (r"^task:", r"^  widht:"),
@@ -160,8 +161,8 @@ CASES: list[tuple[str, dict[str, Any], str, tuple[str, ...] | None, tuple[str, .
      (r"^metric:", r"^  name:"), ("quadratic task has no classes", "use train_loss or val_loss")),
     ("metric-goal", {"metric.goal": "maximize"}, "metric.goal", (r"^metric:", r"^  goal:"),
      ("must be minimize", "got 'maximize'")),
-    ("parameterization-unknown", {"parameterizations": ["standard", "mup"]}, "parameterizations[1]",
-     (r"^parameterizations:", r"^- mup$"), ("must be one of standard | sqrt | conjugate", "got 'mup'")),
+    ("parameterization-unknown", {"parameterizations": ["standard", "ntk"]}, "parameterizations[1]",
+     (r"^parameterizations:", r"^- ntk$"), ("must be one of standard | sqrt | conjugate | mup", "got 'ntk'")),
     ("parameterization-duplicate", {"parameterizations": ["standard", "standard"]}, "parameterizations",
      (r"^parameterizations:",), ("values must be distinct", "'standard' repeats")),
     ("seeds-zero", {"seeds": 0}, "seeds", (r"^seeds:",),
@@ -183,7 +184,7 @@ CASES: list[tuple[str, dict[str, Any], str, tuple[str, ...] | None, tuple[str, .
     ("user-model-with-mlp-key", {"task": {"model": "os.path:join", "data": "teacher", "width": 4}},
      "task.width", (r"^task:", r"^  width:"), ("unknown key", "go under task.kwargs")),
     ("data-unknown-name", {"task.data": "imagenet"}, "task.data", (r"^task:", r"^  data:"),
-     ("must be one of teacher | digits | mnist1d", ".npz or .csv", "got 'imagenet'")),
+     ("must be one of teacher | linear_teacher | digits | mnist1d", ".npz or .csv", "got 'imagenet'")),
     ("data-mapping-without-name", {"task.data": {"examples": 10}}, "task.data.name",
      (r"^task:", r"^  data:"), ("required key is missing", "teacher | file | callable | digits | mnist1d")),
     ("data-missing-csv", {"task.data": "missing.csv"}, "task.data", (r"^task:", r"^  data:"),

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-TORCH_FREE = ["hpconj.records", "hpconj.optim", "hpconj.trials", "hpconj.config", "hpconj.parameterizations",
+TORCH_FREE = ["hpconj.records", "hpconj.axes", "hpconj.optim", "hpconj.trials", "hpconj.config", "hpconj.parameterizations",
               "hpconj.folder", "hpconj.store", "hpconj.analysis", "hpconj.report", "hpconj.plots"]
 
 

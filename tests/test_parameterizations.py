@@ -39,7 +39,7 @@ def written_rule(name: str, hp: Hyperparameters, theta0: torch.Tensor, x, y, ste
     eta, beta, kappa = hp.lr, hp.momentum, hp.batch_size / hp.reference_batch_size
     for xb, yb in _batches(x, y, hp.batch_size, steps):
         g = _grad(theta, xb, yb)
-        if name == "standard":
+        if name in ("standard", "mup"):  # μP's multipliers are per layer: a model without layers is standard
             buf = beta * buf + g  # v ← βv + g (v₀ = 0 gives v₁ = g₁)
             step = g + beta * buf if hp.optimizer == "nesterov" else buf
             theta = theta - eta * step
@@ -128,5 +128,5 @@ def test_nesterov_with_zero_momentum_is_plain_sgd():
 
 
 def test_unknown_parameterization_is_named():
-    with pytest.raises(ValueError, match="unknown parameterization 'mup'"):
-        native_settings("mup", Hyperparameters(0.1, 4, 0.0, "sgd"))
+    with pytest.raises(ValueError, match="unknown parameterization 'ntk'"):
+        native_settings("ntk", Hyperparameters(0.1, 4, 0.0, "sgd"))

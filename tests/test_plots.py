@@ -246,7 +246,7 @@ def shifts_per_fixed_value(optima: pd.DataFrame) -> pd.DataFrame:
             slope, intercept = np.polyfit(x, group.log2_lr_opt, 1)
             at = {a: (fixed if a == other else math.nan) for a in ("batch_size", "momentum")}
             rows.append((p, "momentum", axis, f"{other}={fixed:g}", at["batch_size"], at["momentum"], slope,
-                         slope - 0.2, slope + 0.2, intercept, 0.0, 0.0, 0.0, len(group), 0))
+                         slope - 0.2, slope + 0.2, intercept, 0.0, -0.1, 0.1, 0.0, 0.0, len(group), 0))
     return pd.DataFrame(rows, columns=SHIFT_COLUMNS)
 
 

@@ -17,7 +17,7 @@ from conftest import ROOT, copied, plotted_sweep, run_here
 from hpconj.repro import (CheckReport, arithmetic_fingerprint, compare_ids, environment, environment_differences,
                           load_stored, system_family)
 
-COMMITTED = ["quickstart", "nqm_batch", "mlp_momentum", "adam_batch", "mcallester"]
+COMMITTED = ["quickstart", "nqm_batch", "mlp_momentum", "adam_batch", "mcallester", "width_mup", "depth_linear"]
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +131,15 @@ def test_committed_adaptive_results_reproduce_on_a_sample():
         manifest = json.loads((folder / "manifest.json").read_text())
         if not environment_differences(manifest, environment(1, torch.device("cpu"))):
             assert "bit-equal" in proc.stdout
+
+
+def test_committed_architecture_results_reproduce_on_a_sample():
+    """Swept widths under μP and swept depths and inits re-run per architecture, each trial in its own
+    architecture's cohort (bit-equal on the recording machine class, conclusions elsewhere)."""
+    for name, share in (("width_mup", "3%"), ("depth_linear", "5%")):
+        proc = run_here("check", str(ROOT / "results" / "reference" / name), "--trials", share)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "reproduces" in proc.stdout
 
 
 def test_only_what_decides_the_bits_makes_environments_differ():

@@ -5,11 +5,14 @@ import hashlib
 import json
 import math
 import re
-from typing import Annotated, Any, Literal, Union
+from itertools import product
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, SerializerFunctionWrapHandler, Tag, create_model,
+                      field_validator, model_serializer, model_validator, ValidationError)
 from pydantic_core import PydanticCustomError
 
+from hpconj.axes import TASK_AXES
 from hpconj.optim import OPTIMIZERS, SettingError, Settings
 
 BUILTIN_MODELS = ("mlp", "deep_linear", "quadratic")
@@ -38,9 +41,22 @@ def _repeated(values: list[Any]) -> str:
 
 
 class Record(BaseModel):
-    """A frozen record that refuses unknown keys."""
+    """A frozen record that refuses unknown keys.
+
+    Fields added after results were first recorded are named in `_omit_at_default`: a dump leaves
+    them out while they hold their default, so that the trial ids and experiment keys of results
+    recorded before the field existed stay what they were."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    _omit_at_default: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        for name in self._omit_at_default:
+            if name in data and getattr(self, name) == type(self).model_fields[name].default:
+                del data[name]
+        return data
 
 
 # ----------------------------------------------------------------------------- data sets
@@ -55,6 +71,27 @@ class TeacherData(Record):
     kind: Literal["classification", "regression"] = "classification"
     noise: float = Field(0.0, ge=0)
     seed: int = 0
+
+
+class LinearTeacherData(Record):
+    """A linear map with a chosen spectrum (Saxe et al. 2014): x ~ N(0, I), y = W·x (+ noise), with
+    W = U·diag(singular_values)·Vᵀ for random orthonormal U, V; regression."""
+
+    name: Literal["linear_teacher"] = "linear_teacher"
+    examples: int = Field(2048, gt=1)
+    input_dim: int = Field(16, gt=0)
+    outputs: int = Field(16, gt=0)
+    singular_values: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        default_factory=lambda: [4.0, 2.0, 1.0, 0.5], min_length=1)
+    noise: float = Field(0.0, ge=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _rank(self) -> LinearTeacherData:
+        if len(self.singular_values) > min(self.input_dim, self.outputs):
+            raise _keyed("singular_values", f"at most min(input_dim, outputs) = {min(self.input_dim, self.outputs)} "
+                         f"values, got {len(self.singular_values)}")
+        return self
 
 
 class FileData(Record):
@@ -79,14 +116,14 @@ class NamedData(Record):
     name: Literal["digits", "mnist1d"]
 
 
-DataSpec = Union[TeacherData, FileData, CallableData, NamedData]
+DataSpec = Union[TeacherData, LinearTeacherData, FileData, CallableData, NamedData]
 
 
 def _data_from_string(value: str) -> dict[str, Any]:
     if value in ("digits", "mnist1d"):
         return {"name": value}
-    if value == "teacher":
-        return {"name": "teacher"}
+    if value in ("teacher", "linear_teacher"):
+        return {"name": value}
     if value.endswith((".npz", ".csv")):
         return {"name": "file", "path": value}
     if _CALLABLE.match(value):
@@ -94,7 +131,7 @@ def _data_from_string(value: str) -> dict[str, Any]:
     raise ValueError(f"must be one of {_DATA_CHOICES}, got {value!r}")
 
 
-_DATA_CHOICES = "teacher | digits | mnist1d | a .npz or .csv file | 'package.module:function'"
+_DATA_CHOICES = "teacher | linear_teacher | digits | mnist1d | a .npz or .csv file | 'package.module:function'"
 
 
 def _parse_data(value: Any) -> Any:
@@ -104,7 +141,7 @@ def _parse_data(value: Any) -> Any:
         raise ValueError(f"must be one of {_DATA_CHOICES} (or a mapping with a name), got {value!r}")
     if isinstance(value, dict) and "name" in value and isinstance(value["name"], str):
         name = value["name"]
-        if name not in ("teacher", "digits", "mnist1d", "file", "callable"):
+        if name not in ("teacher", "linear_teacher", "digits", "mnist1d", "file", "callable"):
             return {**_data_from_string(name), **{k: v for k, v in value.items() if k != "name"}}
     return value
 
@@ -122,22 +159,39 @@ class SupervisedTaskSpec(Record):
         return _parse_data(value)
 
 
+INITS = ("default", "gaussian", "orthogonal")
+Init = Literal["default", "gaussian", "orthogonal"]
+
+
 class MlpTask(SupervisedTaskSpec):
-    """Fully connected network: `depth` hidden layers of `width` units and `activation`."""
+    """Fully connected network: `depth` hidden layers of `width` units and `activation`.
+
+    init: `default` is PyTorch's (weights and biases U(±1/√fan_in)), `gaussian` weights
+    N(0, 1/fan_in) and zero biases, `orthogonal` a (semi-)orthogonal weight of gain 1 and zero
+    biases; `init_scale` multiplies the weights' standard deviation (the gain) in every case."""
 
     model: Literal["mlp"]
     width: int = Field(64, gt=0)
     depth: int = Field(2, ge=0)
     activation: Literal["relu", "tanh", "gelu"] = "relu"
+    init_scale: float = Field(1.0, gt=0)
+    init: Init = "default"
+    # set on the trials of the `mup` parameterization (hpconj.trials), not by users: the model is
+    # then μP's (hpconj.tasks.supervised.build_mlp), with width multiplier width / mup_base_width
+    mup_base_width: int | None = Field(None, gt=0)
+    _omit_at_default: ClassVar[tuple[str, ...]] = ("init_scale", "init", "mup_base_width")
 
 
 class DeepLinearTask(SupervisedTaskSpec):
-    """Saxe's deep linear network: `depth` bias-free linear layers, W ~ N(0, init_scale²/fan_in)."""
+    """Saxe's deep linear network: `depth` bias-free linear layers, W ~ N(0, init_scale²/fan_in)
+    (`init: default` or `gaussian`), or init_scale × a (semi-)orthogonal matrix (`orthogonal`)."""
 
     model: Literal["deep_linear"]
     width: int = Field(32, gt=0)
     depth: int = Field(3, ge=1)
     init_scale: float = Field(1.0, gt=0)
+    init: Init = "default"
+    _omit_at_default: ClassVar[tuple[str, ...]] = ("init",)
 
 
 class UserModelTask(SupervisedTaskSpec):
@@ -276,16 +330,35 @@ def lr_grid(spec: LrValues | LrLog2Range | LrLogRange) -> list[float]:
 
 
 class Sweep(Record):
+    """The swept axes. lr, batch_size and momentum are the trial's own; width, depth, init_scale
+    and init replace the task's field of that name (hpconj.axes), one cohort per architecture."""
+
     lr: LrSpec
     batch_size: list[Annotated[int, Field(gt=0, strict=True)]] = Field(min_length=1)
     momentum: list[Annotated[float, Field(ge=0, lt=1)]] = Field(default_factory=lambda: [0.0], min_length=1)
+    width: list[Annotated[int, Field(gt=0, strict=True)]] | None = Field(None, min_length=1)
+    depth: list[Annotated[int, Field(ge=0, strict=True)]] | None = Field(None, min_length=1)
+    init_scale: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = Field(None, min_length=1)
+    init: list[Init] | None = Field(None, min_length=1)
+    _omit_at_default: ClassVar[tuple[str, ...]] = ("width", "depth", "init_scale", "init")
 
-    @field_validator("batch_size", "momentum")
+    @field_validator("batch_size", "momentum", "width", "depth", "init_scale")
     @classmethod
-    def _unique(cls, values: list[Any]) -> list[Any]:
-        if len(set(values)) != len(values):
+    def _unique(cls, values: list[Any] | None) -> list[Any] | None:
+        if values is not None and len(set(values)) != len(values):
             raise ValueError(_repeated(values))
-        return sorted(values)
+        return sorted(values) if values is not None else None
+
+    @field_validator("init")
+    @classmethod
+    def _distinct_inits(cls, values: list[str] | None) -> list[str] | None:
+        if values is not None and len(set(values)) != len(values):
+            raise ValueError(_repeated(values))
+        return values
+
+    def task_axes(self) -> dict[str, list[Any]]:
+        """The architecture axes this sweep varies (hpconj.axes.TASK_AXES), with their values."""
+        return {a: getattr(self, a) for a in TASK_AXES if getattr(self, a) is not None}
 
 
 class Budget(Record):
@@ -338,9 +411,11 @@ _ConfigWithSettings = create_model(
 class Config(_ConfigWithSettings):  # type: ignore[valid-type, misc]
     """A whole sweep, validated. Nothing downstream reads YAML again."""
 
-    parameterizations: list[Literal["standard", "sqrt", "conjugate"]] = Field(
+    parameterizations: list[Literal["standard", "sqrt", "conjugate", "mup"]] = Field(
         default_factory=lambda: ["standard", "conjugate"], min_length=1
     )
+    base_width: int | None = Field(None, gt=0, strict=True)  # μP's base width (default: the smallest width)
+    _omit_at_default: ClassVar[tuple[str, ...]] = ("base_width",)
     reference_batch_size: int = Field(1, gt=0, strict=True)
     budget: Budget
     sweep: Sweep
@@ -413,6 +488,19 @@ class Config(_ConfigWithSettings):  # type: ignore[valid-type, misc]
                 raise _keyed("parameterizations", self._undefined(name))
         for key, reason in entry.check(self) if entry.check is not None else []:
             raise _keyed(key, reason)
+        if "mup" in self.parameterizations:
+            self._check_mup()
+        for axis in self.sweep.task_axes():
+            if axis not in type(self.task).model_fields:
+                raise _keyed(f"sweep.{axis}", f"the {self.task.model} model has no {axis} to sweep; the built-in "
+                             "mlp and deep_linear have width, depth, init_scale and init")
+            if axis in self.task.model_fields_set:
+                raise _keyed(f"task.{axis}", f"{axis} is swept (sweep.{axis}): give its values there only")
+        try:
+            self.task_variants()
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise _keyed(f"sweep.{first['loc'][0]}", f"{first['msg']} for the {self.task.model} model") from None
         if isinstance(self.task, QuadraticTask):
             if self.budget.epochs is not None:
                 raise _keyed("budget.epochs", "the quadratic task streams fresh examples and has no epochs; "
@@ -421,6 +509,20 @@ class Config(_ConfigWithSettings):  # type: ignore[valid-type, misc]
                 raise _keyed("metric.name", "the quadratic task has no classes, so no val_error; "
                              "use train_loss or val_loss")
         return self
+
+    def _check_mup(self) -> None:
+        """μP is defined here for the built-in MLP with at least one hidden layer."""
+        if not isinstance(self.task, MlpTask):
+            raise _keyed("parameterizations", f"mup is defined for the built-in mlp, not for the {self.task.model} "
+                         "model")
+        if min(self.sweep.depth or [self.task.depth]) < 1:
+            raise _keyed("task.depth", "mup needs at least one hidden layer (depth ≥ 1): its multipliers act on "
+                         "the layers whose size grows with width")
+
+    @property
+    def mup_base_width(self) -> int:
+        """μP's base width: `base_width`, else the smallest width of the sweep."""
+        return self.base_width if self.base_width is not None else min(self.sweep.width or [self.task.width])
 
     def _undefined(self, parameterization: str) -> str:
         """Why `parameterization` cannot be used with this optimizer, and which ones can."""
@@ -435,6 +537,25 @@ class Config(_ConfigWithSettings):  # type: ignore[valid-type, misc]
         """The active optimizer's settings block (None for the SGD family)."""
         return getattr(self, self.optimizer) if self.optimizer in OPTIMIZER_SETTINGS else None
 
+    def task_variants(self) -> list[tuple[dict[str, Any], TaskSpec]]:
+        """Every architecture the sweep asks for: (the swept axes' values, the task with them), in
+        the product order of sweep's task axes (one variant, the task itself, when none is swept)."""
+        axes = self.sweep.task_axes()
+        base = self.task.model_dump()
+        return [(dict(zip(axes, values)), type(self.task).model_validate({**base, **dict(zip(axes, values))}))
+                for values in product(*axes.values())]
+
+    @property
+    def first_task(self) -> TaskSpec:
+        """The task of the sweep's first architecture (the task itself when no task axis is swept):
+        the one the data, the cost probe and the noise scale are measured on."""
+        return self.task_variants()[0][1]
+
+    def task_axis_defaults(self) -> dict[str, Any]:
+        """Each swept architecture axis and the value a task's dump means by leaving it out (its
+        default, Record._omit_at_default): what the store needs to write its column."""
+        return {a: type(self.task).model_fields[a].default for a in self.sweep.task_axes()}
+
     @property
     def lrs(self) -> list[float]:
         return lr_grid(self.sweep.lr)
@@ -445,6 +566,8 @@ class Config(_ConfigWithSettings):  # type: ignore[valid-type, misc]
         for name in OPTIMIZER_SETTINGS:  # only the active optimizer's block (older results have none)
             if data[name] is None:
                 data.pop(name)
+        for axis in self.sweep.task_axes():  # a swept field's values are the sweep's, not the task's
+            data["task"].pop(axis, None)
         return data
 
     def experiment_key(self) -> str:

@@ -42,7 +42,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from hpconj.engine import base as engine_base
 from hpconj.engine.base import curve_steps, failed_result, is_diverged, tensors_digest
-from hpconj.optim import StackedUpdate, stack_order, stacked_update
+from hpconj.optim import StackedUpdate, lr_scales, stack_order, stacked_update
 from hpconj.records import DIVERGED, OK, CurvePoint, TrialResult
 from hpconj.engine.reference import train_trial
 from hpconj.engine.stacked import Layer, layer_plan, stacked_logits, stacked_loss_and_grads
@@ -169,7 +169,8 @@ def _train_stack(task: Task, trials: list[Trial], device: torch.device) -> Itera
     params = {k: v.detach() for k, v in params.items()}
     live = _Live(
         trials=list(trials),
-        state=_Stack(params, stacked_update([t.native for t in trials], params)),
+        state=_Stack(params, stacked_update([t.native for t in trials], params,
+                                            lr_scales(trials[0].native, base.named_parameters()))),
         buffers=buffers,
         initial=[initial_loss[t.seed] for t in trials],
         curves=[[CurvePoint(0, 0, initial_loss[t.seed])] for t in trials],

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from hpconj.engine.base import curve_steps, failed_result, is_diverged, params_digest
-from hpconj.optim import reference_optimizer
+from hpconj.optim import lr_scales, reference_optimizer
 from hpconj.records import DIVERGED, OK, CurvePoint, TrialResult
 from hpconj.tasks import Task
 from hpconj.tasks.base import example_gradients
@@ -45,7 +45,10 @@ def _train(task: Task, trial: Trial, device: torch.device, steps: int, start: fl
     model = task.init_model(trial.seed).to(device)
     model.train()
     native = trial.native
-    optimizer = reference_optimizer(native, model.parameters())
+    named = list(model.named_parameters())
+    scales = lr_scales(native, named)
+    optimizer = reference_optimizer(native, [p for _, p in named],
+                                    None if scales is None else [scales[n] for n, _ in named])
     initial = task.reference_loss(model)
     record_at = curve_steps(steps)
     curve = [CurvePoint(0, 0, initial)]

@@ -6,6 +6,7 @@ gradients with a handful of batched kernels, op for op as autograd does for one 
 weights stay bit-identical to torch.optim.SGD on a single model (tested):
 
     forward, layer l:   z_l = b_l + h_{l−1}·W_lᵀ          (baddbmm; addmm in the reference)
+                        (h_{l−1} / m first where μP's WidthScale precedes the layer)
                         h_l = act(z_l)
     loss:               cross-entropy: log_softmax over rows, mean over the batch of −log p[y]
                         regression:    mean over batch and outputs of (z − y)²
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpconj.softmax import transposed_agrees, transposed_log_softmax, transposed_log_softmax_backward
+from hpconj.tasks.supervised import WidthScale
 
 aten = torch.ops.aten
 
@@ -33,25 +35,31 @@ class Layer:
     weight: str  # parameter name, e.g. "model.0.weight"
     bias: str | None
     activation: str | None  # applied after this layer
+    divisor: float | None = None  # the layer's input is divided by it first (μP's readout, WidthScale)
 
 
 def layer_plan(model: nn.Module, prefix: str = "model.") -> list[Layer] | None:
-    """The layers of a plain Sequential of Linear and ReLU/Tanh/GELU, or None if it is anything else."""
+    """The layers of a plain Sequential of Linear and ReLU/Tanh/GELU (and μP's WidthScale before a
+    Linear), or None if it is anything else."""
     if type(model) is not nn.Sequential:
         return None
     layers: list[Layer] = []
+    divisor: float | None = None
     for index, module in enumerate(model):
-        if type(module) is nn.Linear:
+        if type(module) is WidthScale and divisor is None:
+            divisor = module.width_mult
+        elif type(module) is nn.Linear:
             bias = f"{prefix}{index}.bias" if module.bias is not None else None
-            layers.append(Layer(f"{prefix}{index}.weight", bias, None))
-        elif type(module) in _ACTIVATIONS and layers and layers[-1].activation is None:
+            layers.append(Layer(f"{prefix}{index}.weight", bias, None, divisor))
+            divisor = None
+        elif type(module) in _ACTIVATIONS and layers and layers[-1].activation is None and divisor is None:
             if type(module) is nn.GELU and module.approximate != "none":
                 return None
             last = layers[-1]
-            layers[-1] = Layer(last.weight, last.bias, _ACTIVATIONS[type(module)])
+            layers[-1] = Layer(last.weight, last.bias, _ACTIVATIONS[type(module)], last.divisor)
         else:
             return None
-    if not layers or layers[-1].activation is not None:
+    if not layers or layers[-1].activation is not None or divisor is not None:
         return None
     return layers
 
@@ -175,6 +183,8 @@ def _loss_and_grads(
     h = x
     for layer in layers:
         weight = params[layer.weight]
+        if layer.divisor is not None:
+            h = h / layer.divisor
         inputs.append(h)
         if layer.bias is not None:
             z = torch.baddbmm(params[layer.bias].unsqueeze(1), h, weight.transpose(1, 2))
@@ -206,6 +216,8 @@ def _loss_and_grads(
                 torch.sum(squared, 1, out=second[layer.bias]).mul_(batch)
         if index > 0:
             grad = torch.bmm(grad, params[layer.weight])
+            if layer.divisor is not None:  # DivBackward: the gradient divided as the input was
+                grad = grad / layer.divisor
             below = layers[index - 1]
             if below.activation:
                 grad = _act_backward_(below.activation, grad, pres[index - 1], posts[index - 1])
@@ -245,6 +257,8 @@ def stacked_logits(layers: list[Layer], params: dict[str, torch.Tensor], x: torc
 def _block_logits(layers: list[Layer], params: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
     for layer in layers:
         weight = params[layer.weight]
+        if layer.divisor is not None:
+            h = h / layer.divisor
         if layer.bias is not None:
             h = torch.baddbmm(params[layer.bias].unsqueeze(1), h, weight.transpose(1, 2))
         else:

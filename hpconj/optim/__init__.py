@@ -38,9 +38,25 @@ def rule_of(native: Native) -> Optimizer:
     raise ValueError(f"no optimizer in the registry has the native record {type(native).__name__}")
 
 
-def reference_optimizer(native: Native, params: Sequence[Any]) -> Stepper:
-    """The reference engine's optimizer for one trial's native settings."""
-    return rule_of(native).reference(native, list(params))
+def reference_optimizer(native: Native, params: Sequence[Any], scales: Sequence[float] | None = None) -> Stepper:
+    """The reference engine's optimizer for one trial's native settings; `scales`, one per parameter,
+    multiply its lr (μP, `lr_scales`)."""
+    if scales is None:
+        return rule_of(native).reference(native, list(params))
+    return rule_of(native).reference(native, list(params), list(scales))
+
+
+def lr_scales(native: Native, named_parameters: Any) -> dict[str, float] | None:
+    """Each parameter's lr multiplier under μP, by name: the μP model marks its parameters with
+    `mup = (kind, width multiplier)` (hpconj.tasks.supervised.mark_mup) and the rule's entry says
+    what each kind's lr becomes. None for a model without μP marks."""
+    marked = {name: getattr(p, "mup", None) for name, p in named_parameters}
+    if not any(marked.values()):
+        return None
+    entry = rule_of(native)
+    if entry.mup_scale is None:
+        raise ValueError(f"μP is not defined for optimizer {entry.name}")
+    return {name: entry.mup_scale(*mark) if mark else 1.0 for name, mark in marked.items()}
 
 
 def stack_order(natives: Sequence[Native]) -> list[int]:
@@ -48,17 +64,20 @@ def stack_order(natives: Sequence[Native]) -> list[int]:
     return rule_of(natives[0]).stacked.order(natives)
 
 
-def stacked_update(natives: Sequence[Native], params: Any) -> StackedUpdate:
-    """The update of a stack whose trials all follow one rule (one `Native.group`)."""
+def stacked_update(natives: Sequence[Native], params: Any, scales: dict[str, float] | None = None) -> StackedUpdate:
+    """The update of a stack whose trials all follow one rule (one `Native.group`); `scales` by
+    parameter name as `lr_scales` gives them."""
     groups = {n.group for n in natives}
     if len(groups) != 1:
         raise ValueError(f"one stack trains one update rule, got {sorted(groups)}")
-    return rule_of(natives[0]).stacked(natives, params)
+    if scales is None:
+        return rule_of(natives[0]).stacked(natives, params)
+    return rule_of(natives[0]).stacked(natives, params, scales)
 
 
 __all__ = [
     "OPTIMIZERS", "AdagradSettings", "AdamSettings", "Hyperparameters", "McAllesterSettings", "Native",
     "NativeAdagrad", "NativeAdam", "NativeMcAllester", "NativeRMSprop", "NativeSGD", "Optimizer", "RMSpropSettings",
-    "SettingError", "Settings", "StackedUpdate", "Stepper", "optimizer", "reference_optimizer", "rule_of",
+    "SettingError", "Settings", "StackedUpdate", "Stepper", "lr_scales", "optimizer", "reference_optimizer", "rule_of",
     "stack_order", "stacked_update",
 ]

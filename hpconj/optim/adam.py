@@ -12,6 +12,9 @@ conjugate  (McAllester's per-example-variance patch) the second moment averages 
     θ ← θ − η·κ/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + eps)
 Per unit of data this is batch-size free where gradient noise dominates: v ≈ E[gᵢ²] does not
 depend on B (E[g²] does: it falls like σ²/B). With B_ref = B = 1, q = g² and conjugate is standard.
+mup        (Yang et al. 2022, the mup package's MuAdam) standard's settings, with the lr of every
+           matrix-like parameter (both dimensions grow with width: the hidden weights) divided by
+           the width multiplier m = width / base_width; the μP model is the task's.
 """
 from __future__ import annotations
 
@@ -53,7 +56,7 @@ class NativeAdam:
 
 def parameterize(hp: Hyperparameters, parameterization: str) -> NativeAdam:
     s, kappa = hp.settings, hp.kappa
-    if parameterization == "standard":
+    if parameterization in ("standard", "mup"):
         return NativeAdam(hp.lr, hp.momentum, s.beta2, s.eps)
     if parameterization == "sqrt":
         root = math.sqrt(kappa)
@@ -82,8 +85,13 @@ class PerExampleAdam:
                 p.addcdiv_(m, denom, value=-step_size)
 
 
-def reference(native: Native, params: list[Any]) -> Stepper:
-    return torch_or_own(native, params, "Adam", PerExampleAdam)
+def reference(native: Native, params: list[Any], scales: list[float] | None = None) -> Stepper:
+    return torch_or_own(native, params, "Adam", PerExampleAdam, scales)
+
+
+def mup_scale(kind: str, width_mult: float) -> float:
+    """MuAdam: matrix-like parameters ×1/m, the others ×1."""
+    return 1.0 / width_mult if kind == "matrix" else 1.0
 
 
 class AdamUpdate(StackedUpdate):
@@ -102,9 +110,14 @@ class AdamUpdate(StackedUpdate):
         t = self.t
         device = next(iter(params.values())).device
         # float64 in Python as torch computes them, then float32 as torch's kernels read them
-        neg_step = torch.tensor([-n.lr / (1 - n.beta1**t) for n in self.natives], dtype=torch.float32, device=device)
         bias2_sqrt = torch.tensor([(1 - n.beta2**t) ** 0.5 for n in self.natives], dtype=torch.float32, device=device)
+        neg_steps: dict[float, torch.Tensor] = {}
         for name, param in params.items():
+            scale = self.scales.get(name, 1.0)
+            if scale not in neg_steps:  # torch: step_size = group lr / (1 − β1ᵗ), the group lr = lr·scale
+                neg_steps[scale] = torch.tensor([-(n.lr * scale if scale != 1.0 else n.lr) / (1 - n.beta1**t)
+                                                 for n in self.natives], dtype=torch.float32, device=device)
+            neg_step = neg_steps[scale]
             grad, m, v = grads[name], self.state["exp_avg"][name], self.state["exp_avg_sq"][name]
             m.lerp_(grad, self.column("1-beta1", name, param))
             v.mul_(self.column("beta2", name, param))
@@ -141,7 +154,7 @@ def check(config: Any) -> Problems:
 
 ADAM = Optimizer(
     name="adam", description="torch.optim.Adam; β1 is the momentum axis (default 0.9), adam: {beta2, eps}",
-    native=NativeAdam, parameterize=parameterize, parameterizations=("standard", "sqrt", "conjugate"),
+    native=NativeAdam, parameterize=parameterize, parameterizations=("standard", "sqrt", "conjugate", "mup"),
     reference=reference, stacked=AdamUpdate, settings=AdamSettings, default_momentum=0.9, read_block=read_block,
-    check=check,
+    check=check, mup_scale=mup_scale,
 )

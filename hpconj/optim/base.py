@@ -93,12 +93,18 @@ class TorchStepper:
         self.optimizer.step()
 
 
-def torch_or_own(native: Any, params: list[Any], torch_name: str, own: Callable[[list[Any], Any], Stepper]) -> Stepper:
-    """The reference step: torch.optim.<torch_name> where torch has the rule, hpconj's own
-    single-tensor code (`own`) where the native settings read per-example second moments."""
+def torch_or_own(native: Any, params: list[Any], torch_name: str, own: Callable[[list[Any], Any], Stepper],
+                 scales: list[float] | None = None) -> Stepper:
+    """The reference step: torch.optim.<torch_name> where torch has the rule (one param group per
+    parameter when `scales` gives each its lr multiplier), hpconj's own single-tensor code (`own`)
+    where the native settings read per-example second moments."""
     if native.per_example:
+        if scales is not None:
+            raise ValueError("per-parameter lr multipliers (μP) are defined for torch.optim's rules only")
         return own(params, native)
-    return TorchStepper(getattr(torch.optim, torch_name)(params, **native.torch_kwargs()))
+    kwargs = native.torch_kwargs()
+    groups: Any = params if scales is None else [{"params": [p], "lr": kwargs["lr"] * s} for p, s in zip(params, scales)]
+    return TorchStepper(getattr(torch.optim, torch_name)(groups, **kwargs))
 
 
 def column(values: Sequence[float] | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -110,6 +116,10 @@ def column(values: Sequence[float] | torch.Tensor, like: torch.Tensor) -> torch.
 
 class StackedUpdate:
     """The cohort engine's form of a rule: every trial of a stack at once.
+
+    `scales` maps a parameter's name to its lr multiplier (μP, hpconj.optim.lr_scales); the
+    settings named in `lr_tags` are multiplied by it per parameter, as torch multiplies a param
+    group's lr.
 
     Parameters are stacked [K, ...]; each trial's settings become a [K, 1, ...] column broadcast
     over its elements. Scalar arguments of torch's kernels become tensor operands chosen so that
@@ -123,9 +133,11 @@ class StackedUpdate:
     Holds the per-trial settings (`natives`), per-parameter state [K, ...] and the step count."""
 
     state_names: tuple[str, ...] = ()
+    lr_tags: tuple[str, ...] = ()
 
-    def __init__(self, natives: Sequence[Native], params: Tensors):
+    def __init__(self, natives: Sequence[Native], params: Tensors, scales: dict[str, float] | None = None):
         self.natives = list(natives)
+        self.scales = dict(scales or {})
         self.per_example = self.natives[0].per_example
         self.t = 0
         self.state = {s: {n: torch.zeros_like(p) for n, p in params.items()} for s in self.state_names}
@@ -145,7 +157,9 @@ class StackedUpdate:
         """Setting `tag` as a column shaped for parameter `name` (built once)."""
         key = (tag, name)
         if key not in self._columns:
-            self._columns[key] = column(self._values[tag], like)
+            scale = self.scales.get(name, 1.0) if tag in self.lr_tags else 1.0
+            values = self._values[tag] if scale == 1.0 else [v * scale for v in self._values[tag]]
+            self._columns[key] = column(values, like)
         return self._columns[key]
 
     def step(self, params: Tensors, grads: Tensors, second: Tensors | None) -> None:
@@ -155,7 +169,7 @@ class StackedUpdate:
         """The same rule restricted to the trials `rows` (state included)."""
         kept = object.__new__(type(self))
         kept.natives = [self.natives[i] for i in rows.tolist()]
-        kept.per_example, kept.t = self.per_example, self.t
+        kept.per_example, kept.t, kept.scales = self.per_example, self.t, self.scales
         kept.state = {s: {n: v.index_select(0, rows) for n, v in per.items()} for s, per in self.state.items()}
         kept._values, kept._columns = kept.settings(), {}
         return kept
@@ -182,6 +196,9 @@ class Optimizer:
                     returns (default momentum or None, block)
     check           the config's coherence for this optimizer: [(key, reason)] of each problem
     check_steps     (settings, steps per batch size) → a problem with the budget, or None
+    mup_scale       (kind, m) → μP's lr multiplier of a parameter of kind vector | matrix | fixed at
+                    width multiplier m (Yang et al. 2022; the mup package's MuSGD, MuAdam); None
+                    where μP is not defined for the rule
     """
 
     name: str
@@ -189,7 +206,7 @@ class Optimizer:
     native: type
     parameterize: Callable[[Hyperparameters, str], Native]
     parameterizations: tuple[str, ...]
-    reference: Callable[[Native, list[Any]], Stepper]
+    reference: Callable[..., Stepper]  # (native, params, scales=None)
     stacked: type[StackedUpdate]
     settings: type[Settings] | None = None
     no_momentum: str | None = None
@@ -197,6 +214,7 @@ class Optimizer:
     read_block: Callable[[dict[str, Any], Any], tuple[float | None, dict[str, Any]]] | None = None
     check: Callable[[Any], Problems] | None = None
     check_steps: Callable[[Any, dict[int, int]], str | None] | None = None
+    mup_scale: Callable[[str, float], float] | None = None
 
 
 def sqrt_beta(kappa: float, beta: float) -> float:

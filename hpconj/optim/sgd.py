@@ -12,6 +12,10 @@ the sum of per-example gradients scaled to B_ref, κ·g; momentum is a running a
 which is exactly torch.optim.SGD(lr = η·κ·(1 − β), momentum = β, dampening = 0), first step
 included: with v = ĝ / ((1 − β)·κ) the recursions coincide and ĝ₀ = 0 ⇔ v₁ = g₁. Nesterov uses
 the same lr map with nesterov=True. At B = B_ref and β = 0 conjugate equals standard.
+mup (Yang et al. 2022, the mup package's MuSGD): standard's settings, with the lr of every
+vector-like parameter (one dimension grows with width: input weights, biases, the readout's
+weight) multiplied by the width multiplier m = width / base_width; the μP model is the task's
+(hpconj.tasks.supervised.build_mlp).
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hpconj.optim.base import Hyperparameters, Native, Optimizer, StackedUpdate, Tensors, TorchStepper, torch
+from hpconj.optim.base import Hyperparameters, Native, Optimizer, StackedUpdate, Stepper, Tensors, torch, torch_or_own
 
 
 @dataclass(frozen=True)
@@ -38,13 +42,19 @@ class NativeSGD:
 
 def parameterize(hp: Hyperparameters, parameterization: str) -> NativeSGD:
     """standard: (η, β) as they are; conjugate: lr = η·κ·(1 − β), momentum β."""
-    lr = hp.lr if parameterization == "standard" else hp.lr * hp.kappa * (1.0 - hp.momentum)
+    lr = hp.lr if parameterization in ("standard", "mup") else hp.lr * hp.kappa * (1.0 - hp.momentum)
     # torch refuses nesterov with momentum 0; with β = 0 Nesterov *is* plain SGD.
     return NativeSGD(lr=lr, momentum=hp.momentum, nesterov=hp.optimizer == "nesterov" and hp.momentum > 0)
 
 
-def reference(native: Native, params: list[Any]) -> TorchStepper:
-    return TorchStepper(torch.optim.SGD(params, **native.torch_kwargs()))
+def reference(native: Native, params: list[Any], scales: list[float] | None = None) -> Stepper:
+    return torch_or_own(native, params, "SGD", lambda params, native: None, scales)
+
+
+def mup_scale(kind: str, width_mult: float) -> float:
+    """MuSGD: vector-like parameters ×m; matrix-like ×(fan-out mult / fan-in mult) = 1 for the
+    square hidden matrices of an MLP; fixed ones ×1."""
+    return width_mult if kind == "vector" else 1.0
 
 
 class SGDUpdate(StackedUpdate):
@@ -55,8 +65,10 @@ class SGDUpdate(StackedUpdate):
     of a unit's time at small batch sizes). They must come first in the stack (`order`):
     rows [0, plain) are plain SGD, rows [plain, K) have momentum."""
 
-    def __init__(self, natives: Sequence[Native], params: Tensors):
-        super().__init__(natives, params)
+    lr_tags = ("neg_lr_plain", "neg_lr")
+
+    def __init__(self, natives: Sequence[Native], params: Tensors, scales: dict[str, float] | None = None):
+        super().__init__(natives, params, scales)
         self.state = {"velocity": {n: torch.zeros_like(p[self.plain :]) for n, p in params.items()}}
         self._bound: tuple[Tensors, Tensors] | None = None  # the stack's dicts that _plan views
         self._plan: list[tuple[torch.Tensor | None, ...]] = []
@@ -105,7 +117,7 @@ class SGDUpdate(StackedUpdate):
     def keep(self, rows: torch.Tensor) -> StackedUpdate:
         kept = object.__new__(SGDUpdate)
         kept.natives = [self.natives[i] for i in rows.tolist()]
-        kept.per_example, kept.t = self.per_example, self.t
+        kept.per_example, kept.t, kept.scales = self.per_example, self.t, self.scales
         kept._values, kept._columns = kept.settings(), {}  # rows stay ascending: β = 0 still first
         kept._bound = None
         moving = rows[rows >= self.plain] - self.plain
@@ -115,8 +127,8 @@ class SGDUpdate(StackedUpdate):
 
 def _entry(name: str, description: str, no_momentum: str | None = None) -> Optimizer:
     return Optimizer(name=name, description=description, native=NativeSGD, parameterize=parameterize,
-                     parameterizations=("standard", "conjugate"), reference=reference, stacked=SGDUpdate,
-                     no_momentum=no_momentum)
+                     parameterizations=("standard", "conjugate", "mup"), reference=reference, stacked=SGDUpdate,
+                     no_momentum=no_momentum, mup_scale=mup_scale)
 
 
 SGD = _entry("sgd", "θ ← θ − η·g (momentum must be 0)", no_momentum="use optimizer: momentum, or sweep.momentum: [0.0]")

@@ -20,6 +20,7 @@ Artists that tests (or readers) may want to find carry a `gid`:
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -36,6 +37,7 @@ if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND"):
 import pandas as pd
 from matplotlib.figure import Figure
 
+from hpconj.axes import AXES, axes_of
 from hpconj.plots.heatmap import metric_heatmap
 from hpconj.plots.loss_vs_lr import loss_vs_lr
 from hpconj.plots.optimum_shift import optimum_shift
@@ -60,25 +62,23 @@ def write_figures(frames: Mapping[str, pd.DataFrame] | Any, meta: Mapping[str, A
     """Save every figure that has data as PNG (150 dpi) and SVG under `folder/"plots"`.
 
     `frames` maps (or has attributes) curves, optima, shifts, training and, optionally, noise
-    (drawn on optimum_shift_batch_size). Written, when their
-    frame is not empty: loss_vs_lr_batch_size, loss_vs_lr_momentum (more than one momentum),
-    optimum_shift_batch_size (more than one batch size), optimum_shift_momentum (more than one
-    momentum), metric_heatmap, training_curves. Returns the paths written, in that order.
+    (drawn on optimum_shift_batch_size). Written, when their frame is not empty:
+    loss_vs_lr_<axis> for batch_size and for every other axis with more than one value,
+    optimum_shift_<axis> for every numeric axis with more than one value (hpconj.axes order),
+    metric_heatmap, training_curves. Returns the paths written, in that order.
     """
     curves, optima = _frame(frames, "curves"), _frame(frames, "optima")
     shifts, training = _frame(frames, "shifts"), _frame(frames, "training")
     noise = _frame(frames, "noise")
     jobs: list[tuple[str, Callable[[], Figure]]] = []
-    if not curves.empty:
-        jobs.append(("loss_vs_lr_batch_size", lambda: loss_vs_lr(curves, optima, meta, by="batch_size")))
-        if len(_sorted_values(curves, "momentum")) > 1:
-            jobs.append(("loss_vs_lr_momentum", lambda: loss_vs_lr(curves, optima, meta, by="momentum")))
-    if not optima.empty:
-        if len(_sorted_values(optima, "batch_size")) > 1:
-            jobs.append(("optimum_shift_batch_size", lambda: optimum_shift(optima, shifts, meta, axis="batch_size",
-                                                                          noise=noise)))
-        if len(_sorted_values(optima, "momentum")) > 1:
-            jobs.append(("optimum_shift_momentum", lambda: optimum_shift(optima, shifts, meta, axis="momentum")))
+    for axis in axes_of(curves) if not curves.empty else []:
+        if axis == "batch_size" or len(_sorted_values(curves, axis)) > 1:
+            jobs.append((f"loss_vs_lr_{axis}", functools.partial(loss_vs_lr, curves, optima, meta, by=axis)))
+    for axis in axes_of(optima) if not optima.empty else []:
+        if not AXES[axis].categorical and len(_sorted_values(optima, axis)) > 1:
+            extra = {"noise": noise} if axis == "batch_size" else {}
+            jobs.append((f"optimum_shift_{axis}",
+                         functools.partial(optimum_shift, optima, shifts, meta, axis=axis, **extra)))
     if not curves.empty:
         jobs.append(("metric_heatmap", lambda: metric_heatmap(curves, optima, meta)))
     if not training.empty:

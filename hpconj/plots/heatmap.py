@@ -16,7 +16,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
-from hpconj.plots.style import (DIVERGED_COLOR, _axis_value_label, _finite, _log2, _lr_axis, _metric_name, _new_figure,
+from hpconj.axes import axes_of
+from hpconj.plots.style import (DIVERGED_COLOR, _combo_label, _combos, _finite, _log2, _lr_axis, _metric_name, _new_figure,
                                 _number, _panel_label, _panels, _select, _sorted_values, _styled, _title,
                                 _use_log_scale)
 
@@ -32,34 +33,34 @@ def _edges(centers: np.ndarray) -> np.ndarray:
 @_styled
 def metric_heatmap(curves: pd.DataFrame, optima: pd.DataFrame, meta: Mapping[str, Any] | None) -> Figure:
     """Seed-mean metric over lr (x) × batch size (y): one panel per parameterization (columns) and
-    momentum value (rows), one shared colour scale, diverged cells grey, and the optimum path."""
+    momentum value (rows; with more axes, per combination of their values), one shared colour
+    scale, diverged cells grey, and the optimum path."""
     metric = _metric_name(meta)
     optima = optima if optima is not None else pd.DataFrame()
     panels = _panels(curves)
-    momenta = _sorted_values(curves, "momentum") or [math.nan]
-    n_rows, n_cols = len(momenta), max(len(panels), 1)
+    others = [a for a in axes_of(curves) if a != "batch_size"] if not curves.empty else ["momentum"]
+    combos = _combos(curves, others)
+    n_rows, n_cols = len(combos), max(len(panels), 1)
     figure = _new_figure(3.5 * n_cols + 1.6, 0.9 + 2.6 * n_rows)
     axes = np.atleast_2d(figure.subplots(n_rows, n_cols, squeeze=False, sharey=True))
     norm = _color_scale(curves)
     batch_sizes = _sorted_values(curves, "batch_size")
     y_centers = _log2(batch_sizes)
     mappable, any_diverged = None, False
-    for row, momentum in enumerate(momenta):
+    for row, combo in enumerate(combos):
         for col, panel in enumerate(panels or [("", "")]):
             ax = axes[row, col]
             ax.grid(False)
             title = _panel_label(panel, panels) if panels else "no data"
-            if math.isfinite(momentum) and panels:
-                title += f",  {_axis_value_label('momentum', momentum)}"
+            if combo and panels:
+                title += f",  {_combo_label(others, combo)}"
             ax.set_title(title)
             _lr_axis(ax, label=row == n_rows - 1)
             if col == 0:
                 ax.set_ylabel("batch size B (log₂ axis)")
             if not panels:
                 continue
-            selection: dict[str, Any] = {"parameterization": panel[0], "optimizer": panel[1]}
-            if math.isfinite(momentum):
-                selection["momentum"] = momentum
+            selection: dict[str, Any] = {"parameterization": panel[0], "optimizer": panel[1], **dict(zip(others, combo))}
             cells = _select(curves, **selection)
             if cells.empty:
                 continue

@@ -12,7 +12,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from hpconj.plots.style import (AXIS_SYMBOL, AXIS_WORDS, _axis_value_label, _draw_optimum, _finite, _interval_error,
+from hpconj.axes import AXES, TRIAL_AXES, axes_of
+from hpconj.plots.style import (_axis_value_label, _combo_label, _combos, _draw_optimum, _finite, _interval_error,
                                 _log_y, _lr_axis, _metric_name, _new_figure, _panel_label, _panels, _select,
                                 _sequential_colors, _sorted_values, _styled, _title, _use_log_scale, _value_limits)
 
@@ -20,33 +21,33 @@ from hpconj.plots.style import (AXIS_SYMBOL, AXIS_WORDS, _axis_value_label, _dra
 @_styled
 def loss_vs_lr(curves: pd.DataFrame, optima: pd.DataFrame, meta: Mapping[str, Any] | None,
                by: str = "batch_size") -> Figure:
-    """Seed-mean metric against lr, one curve per value of `by`, one panel per parameterization.
+    """Seed-mean metric against lr, one curve per value of the axis `by`, one panel per parameterization.
 
-    Columns: parameterizations (shared y axis); rows: the values of the other axis (momentum when
-    `by` is batch_size, and the reverse). Each curve has its seed band (min..max over seeds), its
-    optimum (sub-grid, with its interval; hollow at the grid's edge) and '×' at the top of the
-    panel where the seed mean is +inf (diverged).
+    Columns: parameterizations (shared y axis); rows: the value combinations of the other axes
+    (momentum when `by` is batch_size, and the reverse; with more axes, each combination). Each
+    curve has its seed band (min..max over seeds), its optimum (sub-grid, with its interval;
+    hollow at the grid's edge) and '×' at the top of the panel where the seed mean is +inf (diverged).
     """
-    if by not in AXIS_SYMBOL:
-        raise ValueError(f"by must be 'batch_size' or 'momentum', got {by!r}")
-    other = "momentum" if by == "batch_size" else "batch_size"
+    if by not in AXES:
+        raise ValueError(f"by must be one of {', '.join(AXES)}, got {by!r}")
+    others = [a for a in axes_of(curves) if a != by] if not curves.empty else [a for a in TRIAL_AXES if a != by]
     metric = _metric_name(meta)
     optima = optima if optima is not None else pd.DataFrame()
     panels = _panels(curves)
     by_values = _sorted_values(curves, by)
-    other_values = _sorted_values(curves, other) or [math.nan]
+    combos = _combos(curves, others)
     colors = _sequential_colors(by_values) if by_values else {}
 
-    n_rows, n_cols = len(other_values), max(len(panels), 1)
+    n_rows, n_cols = len(combos), max(len(panels), 1)
     figure = _new_figure(3.6 * n_cols + 1.5, 0.6 + 2.9 * n_rows)
     axes = np.atleast_2d(figure.subplots(n_rows, n_cols, sharey=True, squeeze=False))
     log, limits = _y_scale(curves, optima, len(by_values))
-    for row, other_value in enumerate(other_values):
+    for row, combo in enumerate(combos):
         for col, panel in enumerate(panels or [("", "")]):
             ax = axes[row, col]
             title = _panel_label(panel, panels) if panels else "no data"
-            if math.isfinite(other_value) and panels:
-                title += f",  {_axis_value_label(other, other_value)}"
+            if combo and panels:
+                title += f",  {_combo_label(others, combo)}"
             ax.set_title(title)
             _lr_axis(ax, label=row == n_rows - 1)
             if log:
@@ -55,9 +56,7 @@ def loss_vs_lr(curves: pd.DataFrame, optima: pd.DataFrame, meta: Mapping[str, An
                 ax.set_ylabel(f"{metric} (seed mean)")
             if not panels:
                 continue
-            selection = {"parameterization": panel[0], "optimizer": panel[1]}
-            if math.isfinite(other_value):
-                selection[other] = other_value
+            selection = {"parameterization": panel[0], "optimizer": panel[1], **dict(zip(others, combo))}
             panel_optima = _select(optima, **selection) if not optima.empty else optima
             for index, value in enumerate(by_values):
                 drawn = _draw_curve(ax, _select(_select(curves, **selection), **{by: value}), index, colors[value])
@@ -65,8 +64,8 @@ def loss_vs_lr(curves: pd.DataFrame, optima: pd.DataFrame, meta: Mapping[str, An
                     _draw_optima(ax, _select(panel_optima, **{by: value}), colors[value])
     if limits is not None:
         axes[0, 0].set_ylim(*limits)
-    figure.legend(handles=_legend(by, by_values, colors, curves), loc="outside right center", title=AXIS_WORDS[by])
-    figure.suptitle(_title(meta, f"{metric} against learning rate, one curve per {AXIS_WORDS[by]}"))
+    figure.legend(handles=_legend(by, by_values, colors, curves), loc="outside right center", title=AXES[by].words)
+    figure.suptitle(_title(meta, f"{metric} against learning rate, one curve per {AXES[by].words}"))
     return figure
 
 
@@ -112,11 +111,17 @@ def _draw_curve(ax: Axes, one: pd.DataFrame, index: int, color: Any) -> bool:
 
 
 def _draw_optima(ax: Axes, optima: pd.DataFrame, color: Any) -> None:
+    """Each optimum with its interval, and a dotted vertical line at the stability edge lr_div."""
     for optimum in optima.itertuples(index=False):
         x_opt, y_opt = float(optimum.log2_lr_opt), float(optimum.metric_opt)
         if math.isfinite(x_opt) and math.isfinite(y_opt):
             _draw_optimum(ax, x_opt, y_opt, _interval_error(x_opt, optimum.lr_lo, optimum.lr_hi), color,
                           bool(optimum.at_edge))
+        lr_div = float(getattr(optimum, "lr_div", math.nan))
+        if math.isfinite(lr_div) and lr_div > 0:
+            edge = ax.axvline(math.log2(lr_div), color=color, linestyle=(0, (1, 2)), linewidth=1.1, alpha=0.8,
+                              zorder=1)
+            edge.set_gid("lr-div")
 
 
 def _legend(by: str, by_values: Sequence[float], colors: Mapping[float, Any], curves: pd.DataFrame) -> list[Any]:
@@ -131,6 +136,7 @@ def _legend(by: str, by_values: Sequence[float], colors: Mapping[float, Any], cu
                markeredgecolor="#777777", markeredgewidth=1.6, label="optimum at grid edge"),
         Line2D([], [], linestyle="none", marker="x", markersize=6, markeredgewidth=1.5, color="#777777",
                label="diverged (seed mean = ∞)"),
+        Line2D([], [], color="#777777", linestyle=(0, (1, 2)), linewidth=1.1, label="lr_div: smallest lr that diverged"),
         Patch(facecolor="#777777", alpha=0.25, label=_band_label(seeds)),
     ]
 

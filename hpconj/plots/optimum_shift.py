@@ -14,7 +14,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
 from hpconj.analysis import axis_value, mean_noise_scale, noise_scale_text
-from hpconj.plots.style import (AXIS_SYMBOL, Log2Locator, MARKERS, power_of_two, _axis_value_label, _draw_optimum,
+from hpconj.axes import AXES, axes_of
+from hpconj.plots.style import (Log2Locator, MARKERS, power_of_two, _combo_label, _combos, _draw_optimum,
                                 _interval_error, _new_figure, _number, _panel_label, _panels,
                                 _parameterization_color, _select, _signed, _sorted_values, _styled, _title)
 
@@ -58,43 +59,45 @@ class _Canvas:
 
     ax: Axes
     axis: str
-    other: str
+    others: list[str]  # the other axes: one series of optima per combination of their values
     panels: list[tuple[str, str]]
-    other_values: list[float]
-    markers: dict[float, str]
+    combos: list[tuple]
+    markers: dict[tuple, str]
     handles: list[Any] = field(default_factory=list)
     first_point: tuple[float, float] | None = None
     all_x: list[float] = field(default_factory=list)
 
     def x_of(self, values: Any) -> np.ndarray:
-        """x = log2 B, or log2(1 − β) for the momentum axis (analysis.axis_value)."""
+        """x = log2 B, log2(1 − β), log2 width, ... (analysis.axis_value)."""
         return axis_value(self.axis, values)
 
-    def marker(self, value: float) -> str:
-        return self.markers.get(value, "o")
+    def marker(self, combo: tuple) -> str:
+        return self.markers.get(combo, "o")
 
 
 @_styled
 def optimum_shift(optima: pd.DataFrame, shifts: pd.DataFrame, meta: Mapping[str, Any] | None,
                   axis: str = "batch_size", noise: pd.DataFrame | None = None) -> Figure:
-    """log2 lr* (with its interval) against log2 B, or against log2(1−β) for axis="momentum".
+    """log2 lr* (with its interval) against log2 B, or against log2(1−β) for axis="momentum"
+    (against any numeric axis' abscissa, hpconj.axes).
 
-    Both parameterizations in one panel (colour), one marker shape per value of the other axis,
+    Both parameterizations in one panel (colour), one marker shape per value of the other axes,
     the fitted lines of `shifts` (intercept + slope·x, slope and interval in the legend) and grey
     guides of slope 1, ½ and 0 through the first point. Against batch size, `noise`
     (analysis.noise_summary) adds a dashed vertical line at the mean gradient noise scale
     B_simple, below which lr and B are expected to be conjugate.
     """
-    if axis not in AXIS_SYMBOL:
-        raise ValueError(f"axis must be 'batch_size' or 'momentum', got {axis!r}")
-    other = "momentum" if axis == "batch_size" else "batch_size"
+    if axis not in AXES or AXES[axis].categorical:
+        raise ValueError(f"axis must be a numeric axis ({', '.join(a for a in AXES if not AXES[a].categorical)}), "
+                         f"got {axis!r}")
+    others = [a for a in axes_of(optima) if a != axis] if not optima.empty else []
     shifts = shifts if shifts is not None else pd.DataFrame()
     panels = _panels(optima, shifts)
-    other_values = _sorted_values(optima, other)
-    markers = {value: MARKERS[i % len(MARKERS)] for i, value in enumerate(other_values)}
+    combos = _combos(optima, others) if others else []
+    markers = {combo: MARKERS[i % len(MARKERS)] for i, combo in enumerate(combos)}
 
     figure = _new_figure(7.4, 4.6)
-    canvas = _Canvas(figure.subplots(), axis, other, panels, other_values, markers)
+    canvas = _Canvas(figure.subplots(), axis, others, panels, combos, markers)
     canvas.ax.yaxis.set_major_locator(Log2Locator(nbins=8))
     canvas.ax.yaxis.set_major_formatter(FuncFormatter(power_of_two))
     canvas.ax.set_ylabel("optimal learning rate η* (log₂ axis)")
@@ -103,9 +106,9 @@ def optimum_shift(optima: pd.DataFrame, shifts: pd.DataFrame, meta: Mapping[str,
     _draw_guides(canvas)
     if axis == "batch_size":
         _draw_noise_scale(canvas.ax, _noise_scale(noise), canvas.all_x, canvas.handles)
-    if len(other_values) > 1:
-        canvas.handles += [Line2D([], [], linestyle="none", marker=markers[v], markersize=6, color="#555555",
-                                  label=_axis_value_label(other, v)) for v in other_values]
+    if len(combos) > 1:
+        canvas.handles += [Line2D([], [], linestyle="none", marker=markers[c], markersize=6, color="#555555",
+                                  label=_combo_label(others, c)) for c in combos]
     canvas.handles.append(Line2D([], [], linestyle="none", marker="o", markersize=7, markerfacecolor="none",
                                  markeredgecolor="#555555", markeredgewidth=1.6, label="optimum at grid edge"))
     _x_ticks(canvas, optima)
@@ -121,14 +124,17 @@ def _draw_panel(canvas: _Canvas, panel: tuple[str, str], optima: pd.DataFrame, s
     points = _select(optima, parameterization=panel[0], optimizer=panel[1]) if not optima.empty else optima
     fits = _select(shifts, parameterization=panel[0], optimizer=panel[1], axis=canvas.axis) if not shifts.empty else shifts
     fits = fits if fits is not None else pd.DataFrame()
-    fixed = f"fixed_{canvas.other}"
-    per_value = fixed in fits.columns  # a shift row per fixed value of the other axis (analysis.shifts)
+    fixed = [f"fixed_{o}" for o in canvas.others]
+    # a shift row per combination of the other axes' values (analysis.shifts)
+    per_value = bool(fixed) and all(f in fits.columns for f in fixed)
     fit_handles: list[Any] = []
     if points is not None and not points.empty:
-        points = points.sort_values([canvas.axis, canvas.other])
-        for value in canvas.other_values or [math.nan]:
-            own = fits[fits[fixed] == value] if per_value and not fits.empty else None
-            _draw_series(canvas, points, value, own, color, label, fit_handles)
+        points = points.sort_values([canvas.axis, *canvas.others])
+        for combo in canvas.combos or [()]:
+            own = None
+            if per_value and not fits.empty:
+                own = fits[np.logical_and.reduce([fits[f] == v for f, v in zip(fixed, combo)])]
+            _draw_series(canvas, points, combo, own, color, label, fit_handles)
         canvas.handles.append(Line2D([], [], linestyle="none", marker="o", markersize=7, markerfacecolor=color,
                                      markeredgecolor="black", markeredgewidth=0.8, label=f"{label}: optima"))
     if not per_value and not fits.empty and points is not None and not points.empty:
@@ -138,11 +144,11 @@ def _draw_panel(canvas: _Canvas, panel: tuple[str, str], optima: pd.DataFrame, s
     canvas.handles += fit_handles
 
 
-def _draw_series(canvas: _Canvas, points: pd.DataFrame, value: float, own: pd.DataFrame | None, color: Any,
+def _draw_series(canvas: _Canvas, points: pd.DataFrame, combo: tuple, own: pd.DataFrame | None, color: Any,
                  label: str, fit_handles: list[Any]) -> None:
-    """The optima at one value of the other axis, with the fitted line of their shift row `own`
-    spanning them (or, without one, a thin line joining them)."""
-    series = _select(points, **{canvas.other: value}) if math.isfinite(value) else points
+    """The optima at one combination of the other axes' values, with the fitted line of their shift
+    row `own` spanning them (or, without one, a thin line joining them)."""
+    series = _select(points, **dict(zip(canvas.others, combo)))
     x = canvas.x_of(series[canvas.axis])
     y = series["log2_lr_opt"].to_numpy(dtype=float)
     canvas.all_x.extend(x[np.isfinite(x)])
@@ -150,8 +156,8 @@ def _draw_series(canvas: _Canvas, points: pd.DataFrame, value: float, own: pd.Da
     drawn = False
     if own is not None and ok.any():
         for fit in own.itertuples(index=False):
-            drawn |= _draw_fit(canvas.ax, fit, x[ok], color, _fit_label(label, fit, canvas.other, value), fit_handles,
-                               marker=canvas.marker(value) if len(canvas.other_values) > 1 else None)
+            drawn |= _draw_fit(canvas.ax, fit, x[ok], color, _fit_label(label, fit, canvas.others, combo),
+                               fit_handles, marker=canvas.marker(combo) if len(canvas.combos) > 1 else None)
     if not drawn and ok.sum() > 1:
         (thin,) = canvas.ax.plot(x[ok], y[ok], color=color, linewidth=0.8, alpha=0.5, zorder=2)
         thin.set_gid("series")
@@ -162,7 +168,7 @@ def _draw_series(canvas: _Canvas, points: pd.DataFrame, value: float, own: pd.Da
             canvas.first_point = (float(xi), float(yi))
         error = _interval_error(float(yi), row.lr_lo, row.lr_hi)
         _draw_optimum(canvas.ax, float(xi), float(yi), error, color, bool(row.at_edge),
-                      marker=canvas.marker(value), vertical=True, size=7)
+                      marker=canvas.marker(combo), vertical=True, size=7)
 
 
 def _draw_guides(canvas: _Canvas) -> None:
@@ -192,12 +198,14 @@ def _x_ticks(canvas: _Canvas, optima: pd.DataFrame) -> None:
             ax.set_xlim(finite_x[0] - 1, finite_x[0] + 1)
     if axis == "batch_size":
         ax.set_xlabel("batch size B (log₂ axis; x = log₂ B)")
-    else:
+    elif axis == "momentum":
         ax.set_xlabel("momentum β, placed at x = log₂(1 − β)  (log₂ axis)")
+    else:
+        ax.set_xlabel(f"{AXES[axis].words} (log₂ axis)")
 
 
 def _what(axis: str) -> str:
-    return f"optimal learning rate against {'batch size' if axis == 'batch_size' else 'momentum'}"
+    return f"optimal learning rate against {AXES[axis].words}"
 
 
 def _tick_value(axis: str, by_x: Mapping[float, float], x: float) -> str:
@@ -208,15 +216,15 @@ def _tick_value(axis: str, by_x: Mapping[float, float], x: float) -> str:
 
 
 def _x_words(axis: str) -> str:
-    return "B" if axis == "batch_size" else "1 − β"
+    return {"batch_size": "B", "momentum": "1 − β"}.get(axis, AXES[axis].words)
 
 
-def _fit_label(label: str, fit: Any, other: str | None = None, fixed: float = math.nan) -> str:
+def _fit_label(label: str, fit: Any, others: list[str] | None = None, combo: tuple = ()) -> str:
     """'standard, β = 0.9: slope +0.87 [+0.80, +0.95]' (the interval when known)."""
     slope = float(fit.slope)
     lo, hi = float(getattr(fit, "slope_lo", math.nan)), float(getattr(fit, "slope_hi", math.nan))
     interval = f" [{_signed(lo)}, {_signed(hi)}]" if math.isfinite(lo) and math.isfinite(hi) else ""
-    where = f", {_axis_value_label(other, fixed)}" if other is not None and math.isfinite(fixed) else ""
+    where = f", {_combo_label(others, combo)}" if others and combo else ""
     return f"{label}{where}: slope {_signed(slope)}{interval}"
 
 

@@ -16,6 +16,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, Locator, LogLocator, MaxNLocator
 
+from hpconj.axes import AXES
+
+
 STYLE: dict[str, Any] = {
     "font.size": 9,
     "axes.titlesize": 9.5,
@@ -39,9 +42,6 @@ PARAMETERIZATION_COLORS = {"standard": "#1f5fa8", "sqrt": "#2a9d8f", "conjugate"
 OTHER_COLORS = ["#8d6a9f", "#e9a23b", "#555555", "#7fb800"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">"]
 DIVERGED_COLOR = "#b3b3b3"
-SLICE_COLUMNS = ["parameterization", "optimizer", "batch_size", "momentum"]
-AXIS_SYMBOL = {"batch_size": "B", "momentum": "β"}
-AXIS_WORDS = {"batch_size": "batch size", "momentum": "momentum"}
 
 F = TypeVar("F", bound=Callable[..., Figure])
 
@@ -81,8 +81,29 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
-def _axis_value_label(axis: str, value: float) -> str:
-    return f"{AXIS_SYMBOL.get(axis, axis)} = {_number(value)}"
+def _axis_value_label(axis: str, value: Any) -> str:
+    """'B = 16', 'β = 0.9', 'init = orthogonal'."""
+    symbol = AXES[axis].symbol if axis in AXES else axis
+    return f"{symbol} = {value if isinstance(value, str) else _number(value)}"
+
+
+def _combos(frame: pd.DataFrame | None, axes: Sequence[str]) -> list[tuple]:
+    """The value combinations of `axes` in `frame`, sorted (one empty combination when there are no axes)."""
+    present = [a for a in axes if frame is not None and not frame.empty and a in frame.columns]
+    if not present:
+        return [()]
+    rows = frame[present].drop_duplicates().itertuples(index=False, name=None)
+    return sorted({tuple(_plain(v) for v in row) for row in rows})
+
+
+def _plain(value: Any) -> Any:
+    """A table value as a plain float, or as text for a categorical axis."""
+    return value if isinstance(value, str) else float(value)
+
+
+def _combo_label(axes: Sequence[str], combo: tuple) -> str:
+    """'β = 0.9,  width = 64' (empty for the empty combination)."""
+    return ",  ".join(_axis_value_label(a, v) for a, v in zip(axes, combo))
 
 
 def _signed(value: float) -> str:
@@ -153,10 +174,10 @@ def _select(frame: pd.DataFrame, **equal: Any) -> pd.DataFrame:
     return frame[mask]
 
 
-def _sorted_values(frame: pd.DataFrame, column: str) -> list[float]:
+def _sorted_values(frame: pd.DataFrame, column: str) -> list[Any]:
     if frame is None or frame.empty or column not in frame.columns:
         return []
-    return sorted({float(v) for v in frame[column].dropna().to_numpy()})
+    return sorted({_plain(v) for v in frame[column].dropna().to_numpy()})
 
 
 def _sequential_colors(values: Sequence[float]) -> dict[float, Any]:

@@ -1,7 +1,6 @@
 """Training curves at each slice's best lr."""
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,15 +10,18 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
-from hpconj.plots.style import (SLICE_COLUMNS, _axis_value_label, _log_y, _new_figure, _panel_label, _panels, _select,
+from hpconj.axes import axes_of
+from hpconj.plots.style import (_axis_value_label, _combo_label, _combos, _log_y, _new_figure, _panel_label, _panels, _select,
                                 _sequential_colors, _sorted_values, _styled, _title)
 
 
 @_styled
 def training_curves(training: pd.DataFrame, meta: Mapping[str, Any] | None) -> Figure:
     """Seed-mean train loss against examples seen (log y), one line per slice at its best lr:
-    colour by batch size, line style by parameterization, one panel per momentum value."""
-    momenta = _sorted_values(training, "momentum") or [math.nan]
+    colour by batch size, line style by parameterization, one panel per momentum value (with
+    more axes, per combination of their values)."""
+    others = [a for a in axes_of(training) if a != "batch_size"] if not training.empty else ["momentum"]
+    combos = _combos(training, others)
     batch_sizes = _sorted_values(training, "batch_size")
     colors = _sequential_colors(batch_sizes) if batch_sizes else {}
     panels = _panels(training)
@@ -27,10 +29,10 @@ def training_curves(training: pd.DataFrame, meta: Mapping[str, Any] | None) -> F
     # equals standard at B = B_ref, β = 0) then show as a dashed line over a pale one, not as one line.
     looks = [("-", 2.6, 0.5), ("--", 1.3, 1.0), (":", 1.6, 1.0), ("-.", 1.3, 1.0)]
     styles = {panel: looks[i % len(looks)] for i, panel in enumerate(panels)}
-    figure = _new_figure(3.6 * len(momenta) + 1.7, 3.8)
-    axes = figure.subplots(1, len(momenta), sharey=True, squeeze=False)[0]
+    figure = _new_figure(3.6 * len(combos) + 1.7, 3.8)
+    axes = figure.subplots(1, len(combos), sharey=True, squeeze=False)[0]
 
-    keys = [c for c in SLICE_COLUMNS + ["lr", "examples"] if c in training.columns]
+    keys = [c for c in ["parameterization", "optimizer", *axes_of(training), "lr", "examples"] if c in training.columns]
     if not training.empty:
         means = training.groupby(keys, sort=True, dropna=False)["train_loss"].mean().reset_index()
         losses = means["train_loss"].to_numpy(dtype=float)
@@ -38,15 +40,15 @@ def training_curves(training: pd.DataFrame, meta: Mapping[str, Any] | None) -> F
         means, losses = training, np.array([])
     positive = losses[np.isfinite(losses)]
     log = positive.size > 0 and bool(np.all(positive > 0))
-    for ax, momentum in zip(axes, momenta):
-        ax.set_title(_axis_value_label("momentum", momentum) if math.isfinite(momentum) else "training")
+    for ax, combo in zip(axes, combos):
+        ax.set_title(_combo_label(others, combo) if combo else "training")
         ax.set_xlabel("examples seen")
         ax.xaxis.set_major_formatter(FuncFormatter(_thousands))
         if log:
             _log_y(ax)
         if means.empty:
             continue
-        panel_means = _select(means, momentum=momentum) if math.isfinite(momentum) else means
+        panel_means = _select(means, **dict(zip(others, combo)))
         for panel in panels:
             for batch_size in batch_sizes:
                 one = _select(panel_means, parameterization=panel[0], optimizer=panel[1], batch_size=batch_size)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hpconj.config import CallableData, DataSpec, FileData, TeacherData, resolve_callable
+from hpconj.config import CallableData, DataSpec, FileData, LinearTeacherData, TeacherData, resolve_callable
 from hpconj.tasks.base import TaskError
 
 
@@ -51,6 +51,24 @@ def load_teacher(spec: TeacherData) -> tuple[np.ndarray, np.ndarray]:
     if spec.kind == "classification":
         return x, out.argmax(axis=1)
     return x, out
+
+
+def linear_teacher_map(spec: LinearTeacherData) -> np.ndarray:
+    """W [outputs, input_dim] = U·diag(s)·Vᵀ, U and V with orthonormal columns from the QR of
+    Gaussian matrices (RNG `seed`), s = singular_values in the order given."""
+    rng = np.random.default_rng([spec.seed, 1])
+    rank = len(spec.singular_values)
+    u, _ = np.linalg.qr(rng.standard_normal((spec.outputs, rank)))
+    v, _ = np.linalg.qr(rng.standard_normal((spec.input_dim, rank)))
+    return u @ np.diag(spec.singular_values) @ v.T
+
+
+def load_linear_teacher(spec: LinearTeacherData) -> tuple[np.ndarray, np.ndarray]:
+    """x ~ N(0, I_d); y = W·x + noise, W with the given singular values (Saxe et al. 2014); regression."""
+    rng = np.random.default_rng(spec.seed)
+    x = rng.standard_normal((spec.examples, spec.input_dim))
+    y = x @ linear_teacher_map(spec).T + spec.noise * rng.standard_normal((spec.examples, spec.outputs))
+    return x, y
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -112,6 +130,7 @@ def load_callable(spec: CallableData) -> tuple[np.ndarray, np.ndarray]:
 
 LOADERS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
     "teacher": load_teacher,
+    "linear_teacher": load_linear_teacher,
     "digits": lambda spec: load_digits(),
     "mnist1d": lambda spec: load_mnist1d(),
     "file": load_file,
@@ -161,6 +180,7 @@ def describe_datasets() -> dict[str, str]:
     """Name → one-line description, for `hpconj tasks`."""
     return {
         "teacher": (load_teacher.__doc__ or "").splitlines()[0],
+        "linear_teacher": (load_linear_teacher.__doc__ or "").splitlines()[0],
         "digits": (load_digits.__doc__ or "").splitlines()[0],
         "mnist1d": (load_mnist1d.__doc__ or "").splitlines()[0],
         "path.npz | path.csv": (load_file.__doc__ or "").splitlines()[0],

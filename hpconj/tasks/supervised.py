@@ -25,23 +25,87 @@ _EVAL_CHUNK = 8192
 
 
 def build_mlp(spec: MlpTask, input_dim: int, output_dim: int) -> nn.Module:
-    """input → `depth` × (Linear(width) → activation) → Linear(output); PyTorch default init."""
+    """input → `depth` × (Linear(width) → activation) → Linear(output); init per `init` × `init_scale`."""
     layers: list[nn.Module] = []
     fan_in = input_dim
     for _ in range(spec.depth):
         layers += [nn.Linear(fan_in, spec.width), ACTIVATIONS[spec.activation]()]
         fan_in = spec.width
     layers.append(nn.Linear(fan_in, output_dim))
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            initialise(layer, spec.init, spec.init_scale)
+    if spec.mup_base_width is not None:
+        return mup_mlp(layers, spec.width / spec.mup_base_width)
     return nn.Sequential(*layers)
 
 
+class WidthScale(nn.Module):
+    """x / m before μP's readout (the mup package's MuReadout with output_mult 1)."""
+
+    def __init__(self, width_mult: float):
+        super().__init__()
+        self.width_mult = width_mult
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / self.width_mult
+
+
+def mup_mlp(layers: list[nn.Module], width_mult: float) -> nn.Sequential:
+    """μP (Yang et al. 2022, Table 3; the mup package's `set_base_shapes` with a MuReadout) of an MLP
+    built with the standard init, at width multiplier m = width / base_width:
+        hidden layers (fan-in grows with width): bias ×√m
+        readout: weight and bias ×√m, input divided by m (so its effective weight is W/√m·1/√m)
+    and every parameter marked `mup = (kind, m)` for the optimizer's per-layer lr (hpconj.optim.
+    lr_scales): vector-like (one dimension grows: input weight and bias, hidden biases, readout
+    weight), matrix-like (both: hidden weights), fixed (neither: readout bias). At m = 1 this is
+    the standard model, bit for bit (no division layer, no multiplication)."""
+    linears = [layer for layer in layers if isinstance(layer, nn.Linear)]
+    root = math.sqrt(width_mult)
+    with torch.no_grad():
+        for layer in linears[1:]:
+            if width_mult != 1.0:
+                layer.bias.mul_(root)
+        if width_mult != 1.0:
+            linears[-1].weight.mul_(root)
+    for i, layer in enumerate(linears):
+        first, last = i == 0, i == len(linears) - 1
+        layer.weight.mup = ("vector" if first or last else "matrix", width_mult)
+        layer.bias.mup = ("fixed" if last else "vector", width_mult)
+    if width_mult != 1.0:
+        layers = layers[:-1] + [WidthScale(width_mult), layers[-1]]
+    return nn.Sequential(*layers)
+
+
+def initialise(layer: nn.Linear, init: str, scale: float) -> None:
+    """The layer's weight W [fan_out, fan_in] (its bias zeroed except under `default`):
+        default     PyTorch's U(±1/√fan_in) for W and b, then W ×= scale (untouched at scale 1)
+        gaussian    W ~ N(0, scale²/fan_in)
+        orthogonal  W = scale × a (semi-)orthogonal matrix (torch.nn.init.orthogonal_)"""
+    with torch.no_grad():
+        if init == "default":
+            if scale != 1.0:
+                layer.weight.mul_(scale)
+            return
+        if init == "gaussian":
+            nn.init.normal_(layer.weight, std=scale / math.sqrt(layer.in_features))
+        else:
+            nn.init.orthogonal_(layer.weight, gain=scale)
+        if layer.bias is not None:
+            layer.bias.zero_()
+
+
 def build_deep_linear(spec: DeepLinearTask, input_dim: int, output_dim: int) -> nn.Module:
-    """Saxe's deep linear network: `depth` bias-free layers, W ~ N(0, init_scale² / fan_in)."""
+    """Saxe's deep linear network: `depth` bias-free layers, W ~ N(0, init_scale² / fan_in), or
+    init_scale × a (semi-)orthogonal matrix with `init: orthogonal`."""
     dims = [input_dim] + [spec.width] * (spec.depth - 1) + [output_dim]
     layers = []
     for fan_in, fan_out in zip(dims[:-1], dims[1:]):
         layer = nn.Linear(fan_in, fan_out, bias=False)
-        nn.init.normal_(layer.weight, std=spec.init_scale / math.sqrt(fan_in))
+        if spec.init == "orthogonal":
+            initialise(layer, "orthogonal", spec.init_scale)
+        else:
+            nn.init.normal_(layer.weight, std=spec.init_scale / math.sqrt(fan_in))
         layers.append(layer)
     return nn.Sequential(*layers)
 
