@@ -33,6 +33,7 @@ class Axis:
     task: bool
     one_minus: bool = False  # the abscissa is log2(1 − value) (momentum), else log2(value)
     categorical: bool = False
+    time: bool = False  # training time: an axis of the analysis over checkpoints, never swept
 
     def position(self, values: Any) -> np.ndarray:
         """The abscissa of `values`: log2 v, or log2(1 − v); NaN for a categorical axis."""
@@ -57,8 +58,10 @@ AXES: dict[str, Axis] = {a.name: a for a in (
     Axis("depth", "depth", "depth", "log2 depth", task=True),
     Axis("init_scale", "σ_init", "init scale", "log2 init scale", task=True),
     Axis("init", "init", "initialisation", "", task=True, categorical=True),
+    # the share of the budget a checkpoint stands for (budget.checkpoints): log2 T up to a constant
+    Axis("checkpoint", "T/T_max", "training time", "log2 T", task=False, time=True),
 )}
-TRIAL_AXES = tuple(a for a, axis in AXES.items() if not axis.task)  # always columns of trials.csv
+TRIAL_AXES = tuple(a for a, axis in AXES.items() if not axis.task and not axis.time)  # always columns of trials.csv
 TASK_AXES = tuple(a for a, axis in AXES.items() if axis.task)  # columns only when swept
 
 

@@ -16,6 +16,7 @@ from hpconj.repro import (
     CheckError,
     CheckReport,
     compare_analysis,
+    compare_checkpoints,
     compare_conclusions,
     compare_ids,
     compare_results,
@@ -74,6 +75,7 @@ def run_check(folder: Path, *, integrity_only: bool, sample: str, rtol: float | 
     report.rerun = len(rerun)
     if per_value:
         compare_results(stored, rerun, stored_curves, rerun_curves, report, rtol, atol, folder)
+        compare_checkpoints(folder, chosen, results, report, rtol, atol)
     else:
         compare_conclusions(stored, rerun, stored_curves, rerun_curves, report)
     merged = pd.concat([stored[~stored["trial_id"].isin(rerun["trial_id"])], rerun[stored.columns]])

@@ -44,9 +44,16 @@ LOCK_NAME = ".hpconj.lock"
 STORE_NAME = "store.sqlite"
 STORE_FILES = (STORE_NAME, f"{STORE_NAME}-wal", f"{STORE_NAME}-shm")
 TRIALS_FILE, CURVES_FILE, NOISE_FILE, CONFIG_FILE = "trials.csv", "curves.csv", "noise_scale.csv", "config.yaml"
-INPUT_FILES = (TRIALS_FILE, CURVES_FILE, NOISE_FILE, CONFIG_FILE)  # a sweep's records
+CHECKPOINTS_FILE = "checkpoints.csv"
+INPUT_FILES = (TRIALS_FILE, CURVES_FILE, NOISE_FILE, CHECKPOINTS_FILE, CONFIG_FILE)  # a sweep's records
 OPTIMA_FILE, SHIFTS_FILE, SUMMARY_FILE = "optima.csv", "shifts.csv", "summary.md"
-ANALYSIS_FILES = (OPTIMA_FILE, SHIFTS_FILE, SUMMARY_FILE)  # what `hpconj plot` derives from them
+OPTIMA_TIME_FILE, SHIFTS_TIME_FILE = "optima_over_time.csv", "shifts_over_time.csv"
+TARGET_FILE, CRITICAL_FILE = "time_to_target.csv", "critical_batch.csv"
+BEST_MOMENTUM_FILE = "best_momentum.csv"
+# what `hpconj plot` derives from them (those over time only from a sweep with budget.checkpoints,
+# best_momentum.csv only with more than one momentum)
+ANALYSIS_FILES = (OPTIMA_FILE, SHIFTS_FILE, SUMMARY_FILE, OPTIMA_TIME_FILE, SHIFTS_TIME_FILE, TARGET_FILE,
+                  CRITICAL_FILE, BEST_MOMENTUM_FILE)
 OWNED_FILES = (*STORE_FILES, *INPUT_FILES, MANIFEST, *ANALYSIS_FILES)
 FIGURE_SUFFIXES = (".png", ".svg")
 
@@ -310,6 +317,7 @@ def _refuse_first(path: Path, column: str, text: pd.Series, bad: pd.Series, what
 TRIAL_REQUIRED = ("trial_id", "status", "parameterization", "optimizer", "lr", "batch_size", "momentum", "seed",
                   "metric")
 CURVE_REQUIRED = ("trial_id", "step", "examples", "train_loss")
+CHECKPOINT_REQUIRED = ("trial_id", "step", "fraction", "examples", "train_loss", "val_loss", "val_error")
 NOISE_REQUIRED = ("seed", "examples", "trace_sigma", "grad_norm_sq", "b_simple")
 
 

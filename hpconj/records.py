@@ -21,6 +21,19 @@ class CurvePoint:
 
 
 @dataclass(frozen=True)
+class Checkpoint:
+    """The metrics of a trial's model part way through (budget.checkpoints), on the full train and
+    validation sets, as the final ones are computed."""
+
+    fraction: float  # the share of the budget it stands for
+    step: int
+    examples: int
+    train_loss: float
+    val_loss: float
+    val_error: float
+
+
+@dataclass(frozen=True)
 class TrialResult:
     trial_id: str
     status: str  # one of STATUSES
@@ -33,6 +46,7 @@ class TrialResult:
     curve: tuple[CurvePoint, ...] = field(repr=False)
     error: str | None = None
     params_sha256: str | None = None
+    checkpoints: tuple[Checkpoint, ...] = field(default=(), repr=False)
 
     def metric(self, name: str) -> float:
         """The configured metric: +inf when diverged, NaN when failed."""

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from hpconj.analysis import (
+    mean_noise_scale,
     noise_scale_text,
     slice_keys,
     noise_sentence,
@@ -26,11 +27,14 @@ from hpconj.analysis import (
 )
 from hpconj.axes import AXES, axes_of
 from hpconj.config import ConfigError, config_from_dict
-from hpconj.folder import (CONFIG_FILE, CURVES_FILE, CURVE_REQUIRED, NOISE_FILE, NOISE_REQUIRED, OPTIMA_FILE,
-                           SHIFTS_FILE, SUMMARY_FILE, TRIALS_FILE, FolderError, read_config_data, read_manifest,
+from hpconj.folder import (BEST_MOMENTUM_FILE, CHECKPOINT_REQUIRED, CHECKPOINTS_FILE, CONFIG_FILE, CRITICAL_FILE, CURVES_FILE,
+                           CURVE_REQUIRED, NOISE_FILE, NOISE_REQUIRED, OPTIMA_FILE, OPTIMA_TIME_FILE, SHIFTS_FILE,
+                           SHIFTS_TIME_FILE, SUMMARY_FILE, TARGET_FILE, TRIALS_FILE, FolderError, read_config_data, read_manifest,
                            read_optional, read_trials, record_hashes, record_problems, refuse_if_busy, write_atomic,
                            writer_lock)
 from hpconj.records import OK
+from hpconj.training_time import (best_momentum, checkpoint_trials, conjugacy_flags, critical_batch,
+                                  critical_sentences, default_target, fastest_batch, optima_over_time, time_to_target)
 
 
 class ReportError(ValueError):
@@ -45,6 +49,7 @@ class Results:
     config: dict[str, Any]
     noise: pd.DataFrame = field(default_factory=pd.DataFrame)  # noise_scale.csv; empty when absent
     warnings: tuple[str, ...] = ()  # disagreements with manifest.json the user accepted
+    checkpoints: pd.DataFrame = field(default_factory=pd.DataFrame)  # checkpoints.csv; empty when absent
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,12 @@ class Frames:
     meta: dict[str, str]
     noise: pd.DataFrame = field(default_factory=pd.DataFrame)  # analysis.noise_summary: per seed + mean
     warnings: tuple[str, ...] = ()  # disagreements with manifest.json the user accepted
+    # over training time (hpconj.training_time; empty without budget.checkpoints)
+    optima_time: pd.DataFrame = field(default_factory=pd.DataFrame)
+    shifts_time: pd.DataFrame = field(default_factory=pd.DataFrame)
+    targets: pd.DataFrame = field(default_factory=pd.DataFrame)
+    critical: pd.DataFrame = field(default_factory=pd.DataFrame)
+    best_momentum: pd.DataFrame = field(default_factory=pd.DataFrame)  # with more than one momentum
 
 
 def result_folders(paths: list[Path]) -> list[Path]:
@@ -82,9 +93,10 @@ def load_results(folder: Path) -> Results:
         curves = read_optional(folder / CURVES_FILE, CURVE_REQUIRED)
         config = read_config_data(folder) if (folder / CONFIG_FILE).is_file() else {}
         noise = read_optional(folder / NOISE_FILE, NOISE_REQUIRED)
+        checkpoints = read_optional(folder / CHECKPOINTS_FILE, CHECKPOINT_REQUIRED)
     except FolderError as exc:
         raise ReportError(str(exc)) from None
-    return Results(folder, trials, curves, config, noise)
+    return Results(folder, trials, curves, config, noise, checkpoints=checkpoints)
 
 
 def verified_results(folder: Path, accept_unverified: bool) -> Results:
@@ -129,8 +141,11 @@ def describe(config: dict[str, Any]) -> dict[str, str]:
         text = f"{model} {shape} on {Path(str(data_name)).name}"
     else:
         text = f"{model} on {Path(str(data_name)).name}"
-    budget = {k: v for k, v in config.get("budget", {}).items() if v is not None}
+    budget = {k: v for k, v in config.get("budget", {}).items() if v is not None and k != "checkpoints"}
     budget_text = ", ".join(f"{v:g} {k}" for k, v in budget.items()) or "?"
+    marks = config.get("budget", {}).get("checkpoints")
+    if marks is not None:
+        budget_text += f", {marks if isinstance(marks, int) else len(marks)} checkpoints"
     b_ref = config.get("reference_batch_size")
     return {
         "name": str(config.get("name", "")),
@@ -147,8 +162,28 @@ def analyse(results: Results) -> Frames:
     curve_frame = slice_curves(trials)
     optimum = optima(trials)
     shift = shifts(trials, optimum)
-    return Frames(curve_frame, optimum, shift, training_at_optimum(trials, results.curves, optimum),
-                  describe(results.config), noise_summary(results.noise), results.warnings)
+    frames = Frames(curve_frame, optimum, shift, training_at_optimum(trials, results.curves, optimum),
+                    describe(results.config), noise_summary(results.noise), results.warnings,
+                    best_momentum=best_momentum(trials, optimum))
+    if not results.checkpoints.empty:
+        frames = replace(frames, **over_time(results, optimum))
+    flags = conjugacy_flags(optimum, trials, frames.critical)
+    if not flags.empty:  # where the argument for conjugacy does not apply, per slice (training_time)
+        optimum = optimum.merge(flags, on=slice_keys(optimum), how="left")
+        frames = replace(frames, optima=optimum)
+    return frames
+
+
+def over_time(results: Results, optimum: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The optimum at every checkpoint, time to target and the critical batch size (training_time)."""
+    metric = results.config.get("metric", {})
+    frame = checkpoint_trials(results.trials, results.checkpoints, str(metric.get("name", "val_loss")))
+    best, shift = optima_over_time(frame)
+    target = metric.get("target")
+    target = float(target) if target is not None else default_target(results.trials)
+    targets, samples = time_to_target(frame, target)
+    return {"optima_time": best, "shifts_time": shift, "targets": targets,
+            "critical": critical_batch(targets, samples, optimum)}
 
 
 def training_at_optimum(trials: pd.DataFrame, curves: pd.DataFrame, optimum: pd.DataFrame) -> pd.DataFrame:
@@ -222,7 +257,90 @@ def summary_markdown(frames: Frames) -> str:
             f"{_percent(r['regret_mean'])} | {r['n_slices']} | {r['n_edge']} |"
         )
     lines += noise_markdown(frames)
+    lines += time_markdown(frames)
+    lines += momentum_markdown(frames)
     return "\n".join(lines) + "\n"
+
+
+def momentum_markdown(frames: Frames) -> list[str]:
+    """The best momentum per batch size, and the slices where the argument for conjugacy fails."""
+    lines: list[str] = []
+    if not frames.best_momentum.empty:
+        table = frames.best_momentum
+        axes = [c for c in table.columns if c in AXES]
+        lines += ["## The best momentum", "", "Per batch size, the momentum whose slice reaches the lowest metric, "
+                  "its lr*, and how often it wins over bootstrap resamples of the seeds (with the 95% range of "
+                  "the winning β).", ""]
+        lines.append(f"| parameterization | {' | '.join(AXES[a].symbol for a in axes)} | best β | lr* | metric "
+                     "| wins | β range |")
+        lines.append(f"|---|{'---:|' * len(axes)}---:|---:|---:|---:|---|")
+        for _, r in table.iterrows():
+            lines.append(f"| {r['parameterization']} | {' | '.join(AXES[a].text(r[a]) for a in axes)} | "
+                         f"{r['best_momentum']:g} | {r['lr_opt']:.3g} | {r['metric_opt']:.4g} | "
+                         f"{100 * r['beta_share']:.0f}% | [{r['beta_lo']:g}, {r['beta_hi']:g}] |")
+        lines.append("")
+    fastest = fastest_batch(frames.targets)
+    if fastest:
+        lines += ["The batch size that reaches the target first, for a budget of steps and for one of examples:", ""]
+        lines += [f"- {sentence}" for sentence in fastest] + [""]
+    if "why" in frames.optima.columns and frames.optima["why"].notna().any():
+        flagged = frames.optima[frames.optima["why"].notna()]
+        lines += ["## Where conjugacy cannot hold", "", "Slices whose optimum is not set by gradient noise, so that "
+                  "no reparameterization of lr against B or β is expected to hold it still:", ""]
+        axes = [a for a in AXES if a in flagged.columns]
+        for _, r in flagged.iterrows():
+            at = ", ".join(f"{AXES[a].symbol} = {AXES[a].text(r[a])}" for a in axes)
+            lines.append(f"- {r['parameterization']}, {at}: {r['why']}")
+        lines.append("")
+    return lines
+
+
+def time_markdown(frames: Frames) -> list[str]:
+    """Over training time: how lr* moves with T, steps to the target per batch size, and the
+    critical batch size beside B_noise and B_simple (nothing without checkpoints)."""
+    if frames.targets.empty and frames.optima_time.empty:
+        return []
+    lines = ["## Over training time", ""]
+    along = frames.shifts_time[frames.shifts_time["axis"] == "checkpoint"] if not frames.shifts_time.empty else None
+    if along is not None and not along.empty:
+        lines += ["The metric at each checkpoint is a sweep of its own (a constant-lr run's prefix is a shorter "
+                  "run); slope of log2 lr* against log2 T, examples seen:", ""]
+        lines.append("| parameterization | at | slope | 95% interval | shift (octaves) | slices |")
+        lines.append("|---|---|---:|---|---:|---:|")
+        for _, r in along.iterrows():
+            if not np.isfinite(r["slope"]):
+                lines.append(f"| {r['parameterization']} | {r['fixed']} | – | too few interior optima | – | "
+                             f"{r['n_slices']} |")
+                continue
+            lines.append(f"| {r['parameterization']} | {r['fixed']} | {r['slope']:.2f} | "
+                         f"[{r['slope_lo']:.2f}, {r['slope_hi']:.2f}] | {r['shift_octaves']:+.2f} | {r['n_slices']} |")
+        lines.append("")
+    if not frames.targets.empty:
+        target = float(frames.targets["target"].iloc[0])
+        lines += [f"Time to target (Shallue et al. 2018): the fewest examples over the lr grid to reach "
+                  f"{frames.meta.get('metric', 'metric')} ≤ {target:.4g}, interpolated between checkpoints; "
+                  "≤ marks a target already reached at the first checkpoint (a bound).", ""]
+        axes = [c for c in frames.targets.columns if c in AXES]
+        lines.append(f"| parameterization | {' | '.join(AXES[a].symbol for a in axes)} | examples | 95% interval "
+                     "| steps | lr |")
+        lines.append(f"|---|{'---:|' * len(axes)}---:|---|---:|---:|")
+        for _, r in frames.targets.iterrows():
+            at = " | ".join(AXES[a].text(r[a]) for a in axes)
+            bound = "≤ " if r["bound"] else ""
+            reached = np.isfinite(r["examples_to_target"])
+            lines.append(f"| {r['parameterization']} | {at} | {bound}{r['examples_to_target']:.4g} | "
+                         f"{interval_text(r['examples_lo'], r['examples_hi'], log=False)} | "
+                         f"{bound}{r['steps_to_target']:.4g} | {r['lr_at_target']:.3g} |" if reached else
+                         f"| {r['parameterization']} | {at} | not reached | | | |")
+        lines.append("")
+    if not frames.critical.empty:
+        b_simple = mean_noise_scale(frames.noise)
+        lines += ["Critical batch size (McCandlish et al. 2018): S(B) = S_min + E_min/B fitted to the steps to "
+                  "target, B_crit = E_min/S_min; B_noise from lr*(B) = lr_max/(1 + B_noise/B) fitted to the final "
+                  "optima.", ""]
+        for sentence in critical_sentences(frames.critical, b_simple):
+            lines += [sentence, ""]
+    return lines
 
 
 def noise_markdown(frames: Frames) -> list[str]:
@@ -246,11 +364,11 @@ def noise_markdown(frames: Frames) -> list[str]:
     return lines
 
 
-def interval_text(lo: float, hi: float) -> str:
-    """[log2 lo, log2 hi], or – where there is no interval (a single seed)."""
+def interval_text(lo: float, hi: float, log: bool = True) -> str:
+    """[log2 lo, log2 hi] (or [lo, hi]), or – where there is no interval (a single seed)."""
     if not (np.isfinite(lo) and np.isfinite(hi)):
         return "–"
-    return f"[{np.log2(lo):.2f}, {np.log2(hi):.2f}]"
+    return f"[{np.log2(lo):.2f}, {np.log2(hi):.2f}]" if log else f"[{lo:.4g}, {hi:.4g}]"
 
 
 def _percent(value: float) -> str:
@@ -300,9 +418,16 @@ def plot_folder(folder: Path, accept_unverified: bool) -> tuple[Frames, list[Pat
 
 
 def write_tables(frames: Frames, folder: Path) -> list[Path]:
-    """optima.csv, shifts.csv and summary.md in the results folder."""
+    """optima.csv, shifts.csv and summary.md in the results folder; with checkpoints also
+    optima_over_time.csv, shifts_over_time.csv, time_to_target.csv and critical_batch.csv."""
     paths = [folder / name for name in (OPTIMA_FILE, SHIFTS_FILE, SUMMARY_FILE)]
     write_atomic(paths[0], frames.optima.to_csv(index=False))
     write_atomic(paths[1], frames.shifts.to_csv(index=False))
     write_atomic(paths[2], summary_markdown(frames))
+    for name, table in ((OPTIMA_TIME_FILE, frames.optima_time), (SHIFTS_TIME_FILE, frames.shifts_time),
+                        (TARGET_FILE, frames.targets), (CRITICAL_FILE, frames.critical),
+                        (BEST_MOMENTUM_FILE, frames.best_momentum)):
+        if not table.empty:
+            paths.append(folder / name)
+            write_atomic(paths[-1], table.to_csv(index=False))
     return paths

@@ -30,8 +30,9 @@ from hpconj.analysis import best_grid_lr, optima, shifts, slice_keys
 from hpconj.axes import AXES
 from hpconj.config import Config, config_from_dict
 from hpconj.engine.base import tensors_digest
-from hpconj.folder import (CONFIG_FILE, CURVES_FILE, CURVE_REQUIRED, OPTIMA_FILE, SHIFTS_FILE, TRIALS_FILE,
-                           FolderError, read_config_data, read_optional, read_table, read_trials, sha256_file, trial_set)
+from hpconj.folder import (CHECKPOINT_REQUIRED, CHECKPOINTS_FILE, CONFIG_FILE, CURVES_FILE, CURVE_REQUIRED,
+                           OPTIMA_FILE, SHIFTS_FILE, TRIALS_FILE, FolderError, read_config_data, read_optional,
+                           read_table, read_trials, sha256_file, trial_set)
 from hpconj.folder import read_manifest as folder_manifest
 from hpconj.records import DIVERGED, OK
 from hpconj.store import TRIAL_COLUMNS, trials_table
@@ -258,6 +259,31 @@ def compare_results(stored: pd.DataFrame, rerun: pd.DataFrame, stored_curves: pd
     for key in sorted(set(a.index) & set(b.index)):
         if not same(a[key], b[key], rtol, atol):
             report.add(f"curves.csv trial {key[0]}", f"train_loss at step {key[1]}", a[key], b[key])
+
+
+def compare_checkpoints(folder: Path, rerun_trials: list[Any], results: list[Any], report: CheckReport,
+                        rtol: float, atol: float) -> None:
+    """The re-run trials' checkpoints (budget.checkpoints) against checkpoints.csv, value by value."""
+    path = folder / CHECKPOINTS_FILE
+    wanted = {t.trial_id for t in rerun_trials}
+    now = {(r.trial_id, c.step): c for r in results if r.trial_id in wanted for c in r.checkpoints}
+    if not path.is_file():
+        if now:
+            report.add(CHECKPOINTS_FILE, "file", "absent", f"{len(now)} checkpoints re-run")
+        return
+    try:
+        stored = read_table(path, CHECKPOINT_REQUIRED)
+    except FolderError as exc:
+        raise CheckError(str(exc)) from None
+    stored = stored[stored["trial_id"].isin(wanted)].set_index(["trial_id", "step"])
+    for key in sorted(set(stored.index) ^ set(now))[:20]:
+        report.add(f"{CHECKPOINTS_FILE} trial {key[0]}", f"step {key[1]}", "present" if key in stored.index else
+                   "absent", "present" if key in now else "absent")
+    for key in sorted(set(stored.index) & set(now)):
+        for name in ("train_loss", "val_loss", "val_error"):
+            if not same(stored.loc[key, name], getattr(now[key], name), rtol, atol):
+                report.add(f"{CHECKPOINTS_FILE} trial {key[0]}", f"{name} at step {key[1]}", stored.loc[key, name],
+                           getattr(now[key], name))
 
 
 # ----------------------------------------------------------------------------- another machine

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from hpconj.axes import TASK_AXES
-from hpconj.folder import CURVES_FILE, NOISE_FILE, STORE_NAME, TRIALS_FILE, write_atomic
+from hpconj.folder import CHECKPOINTS_FILE, CURVES_FILE, NOISE_FILE, STORE_NAME, TRIALS_FILE, write_atomic
 from hpconj.records import DIVERGED, DONE_STATUSES, FAILED, NoiseEstimate, TrialResult
 from hpconj.trials import Trial
 
@@ -29,6 +29,7 @@ TRIAL_COLUMNS = [
 ]
 _SORT = ["parameterization", "optimizer", "batch_size", "momentum", "lr", "seed"]
 NOISE_COLUMNS = ["seed", "examples", "trace_sigma", "grad_norm_sq", "b_simple"]
+CHECKPOINT_COLUMNS = ["trial_id", "step", "fraction", "examples", "train_loss", "val_loss", "val_error"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -54,6 +55,14 @@ CREATE TABLE IF NOT EXISTS curves (
     step INTEGER NOT NULL,
     examples INTEGER NOT NULL,
     train_loss REAL,
+    PRIMARY KEY (trial_id, step)
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    trial_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    fraction REAL NOT NULL,
+    examples INTEGER NOT NULL,
+    train_loss REAL, val_loss REAL, val_error REAL,
     PRIMARY KEY (trial_id, step)
 );
 CREATE TABLE IF NOT EXISTS noise_scale (
@@ -119,11 +128,15 @@ class Store:
             datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
         points = [(trial.trial_id, p.step, p.examples, _real(p.train_loss)) for p in result.curve]
+        marks = [(trial.trial_id, c.step, c.fraction, c.examples, _real(c.train_loss), _real(c.val_loss),
+                  _real(c.val_error)) for c in result.checkpoints]
         self.db.execute("BEGIN IMMEDIATE")
         try:
             self.db.execute("DELETE FROM curves WHERE trial_id = ?", (trial.trial_id,))
+            self.db.execute("DELETE FROM checkpoints WHERE trial_id = ?", (trial.trial_id,))
             self.db.execute(f"INSERT OR REPLACE INTO trials VALUES ({','.join('?' * len(row))})", row)
             self.db.executemany("INSERT INTO curves VALUES (?, ?, ?, ?)", points)
+            self.db.executemany("INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)", marks)
             self.db.execute("COMMIT")
         except BaseException:
             if self.db.in_transaction:  # an interrupt may land after COMMIT
@@ -167,6 +180,13 @@ class Store:
             frame[axis] = [task.get(axis, default) for task in tasks]
         return trials_table(frame, metric_name, list(task_axes or {}))
 
+    def checkpoints_frame(self) -> pd.DataFrame:
+        """The checkpoints.csv table: the metrics of each trial at each checkpoint it reached."""
+        frame = pd.read_sql_query(f"SELECT {', '.join(CHECKPOINT_COLUMNS)} FROM checkpoints", self.db)
+        for col in ("fraction", "train_loss", "val_loss", "val_error"):
+            frame[col] = frame[col].astype(float)
+        return frame.sort_values(["trial_id", "step"], kind="stable").reset_index(drop=True)
+
     def curves_frame(self) -> pd.DataFrame:
         frame = pd.read_sql_query("SELECT trial_id, step, examples, train_loss FROM curves", self.db)
         return frame.sort_values(["trial_id", "step"], kind="stable").reset_index(drop=True)
@@ -195,6 +215,17 @@ def export_csv(store: Store, folder: Path, metric_name: str,
     write_atomic(trials_path, store.trials_frame(metric_name, task_axes).to_csv(index=False))
     write_atomic(curves_path, store.curves_frame().to_csv(index=False))
     return trials_path, curves_path
+
+
+def export_checkpoints_csv(store: Store, folder: Path) -> Path | None:
+    """checkpoints.csv from the store; None (and no file) when no trial has a checkpoint."""
+    path = folder / CHECKPOINTS_FILE
+    frame = store.checkpoints_frame()
+    if frame.empty:
+        path.unlink(missing_ok=True)
+        return None
+    write_atomic(path, frame.to_csv(index=False))
+    return path
 
 
 def export_noise_csv(store: Store, folder: Path) -> Path | None:

@@ -35,7 +35,7 @@ from hpconj.noise import measure_noise_scale, noise_examples
 from hpconj.optim import OPTIMIZERS
 from hpconj.records import FAILED
 from hpconj.repro import arithmetic_fingerprint
-from hpconj.store import Store, StoreError, export_csv, export_noise_csv
+from hpconj.store import Store, StoreError, export_checkpoints_csv, export_csv, export_noise_csv
 from hpconj.tasks import Task, TaskError, build_task
 from hpconj.trials import Cohort, Trial, expand_trials, group_cohorts
 from hpconj.workers import Executor, apply_determinism, split_units
@@ -296,6 +296,7 @@ def _run_locked(
         outcome.counts = store.counts()
         export_csv(store, folder, config.metric.name, config.task_axis_defaults())
         export_noise_csv(store, folder)
+        export_checkpoints_csv(store, folder)
         finished = len(store.finished_ids() & {t.trial_id for t in plan.trials})
         status = "interrupted" if outcome.interrupted else ("complete" if finished == len(plan.trials) else "partial")
         write_manifest(folder, config, store, executor, device, started, _now(), status)

@@ -362,23 +362,43 @@ class Sweep(Record):
 
 
 class Budget(Record):
-    """Training length: exactly one of epochs, examples or steps."""
+    """Training length: exactly one of epochs, examples or steps; and where to evaluate the metric
+    on the way (`checkpoints`: a count, octave-spaced shares of the budget ending at the whole of
+    it, e.g. 4 → 1/8, 1/4, 1/2, 1; or an explicit list of shares in (0, 1])."""
 
     epochs: float | None = Field(None, gt=0)
     examples: int | None = Field(None, gt=0)
     steps: int | None = Field(None, gt=0)
+    checkpoints: Annotated[int, Field(ge=1, le=64, strict=True)] | list[
+        Annotated[float, Field(gt=0, le=1)]] | None = None
+    _omit_at_default: ClassVar[tuple[str, ...]] = ("checkpoints",)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Budget:
         given = [k for k in ("epochs", "examples", "steps") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of epochs | examples | steps, got {', '.join(given) or 'none'}")
+        if isinstance(self.checkpoints, list) and len(set(self.checkpoints)) != len(self.checkpoints):
+            raise _keyed("checkpoints", _repeated(self.checkpoints))
         return self
+
+    def checkpoint_fractions(self) -> list[float]:
+        """The shares of the budget at which the metric is evaluated, ascending (empty: none)."""
+        if self.checkpoints is None:
+            return []
+        if isinstance(self.checkpoints, int):
+            return [2.0 ** -k for k in range(self.checkpoints - 1, -1, -1)]
+        return sorted(self.checkpoints)
 
 
 class Metric(Record):
+    """The metric each trial is judged by; `target` the value time to target is measured to
+    (default: the best final value of the worst slice, so that every slice reaches it)."""
+
     name: Literal["train_loss", "val_loss", "val_error"] = "val_loss"
     goal: Literal["minimize"] = "minimize"
+    target: float | None = Field(None, allow_inf_nan=False)
+    _omit_at_default: ClassVar[tuple[str, ...]] = ("target",)
 
 
 # every optimizer's settings block is a field named after it (hpconj.optim's registry)
@@ -572,12 +592,13 @@ class Config(_ConfigWithSettings):  # type: ignore[valid-type, misc]
 
     def experiment_key(self) -> str:
         """Hash of everything that defines the experiment except the lr grid, seeds, name, device,
-        executor and the noise-scale measurement (which changes no trial).
+        executor, the noise-scale measurement and the metric's target (which change no trial).
 
         A results folder accepts a re-run whose key matches: added lr values or seeds extend it.
         """
         data = self.canonical()
         data["sweep"].pop("lr")
+        data["metric"].pop("target", None)
         for key in ("seeds", "name", "device", "executor", "noise_scale"):
             data.pop(key)
         return stable_hash(data)

@@ -17,8 +17,9 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from hpconj.tasks import Task
-from hpconj.records import FAILED, TrialResult
+from hpconj.config import Budget
+from hpconj.tasks import Metrics, Task
+from hpconj.records import FAILED, Checkpoint, TrialResult
 from hpconj.trials import Trial
 
 DIVERGENCE_FACTOR = 100.0  # a loss above 100× its initial value counts as diverged
@@ -66,6 +67,19 @@ def curve_steps(steps: int) -> set[int]:
     """About CURVE_POINTS evenly spaced steps to record, always including 0 and the last."""
     every = max(1, steps // CURVE_POINTS)
     return set(range(0, steps + 1, every)) | {steps}
+
+
+def checkpoint_steps(budget: Budget, steps: int) -> dict[int, float]:
+    """step → the share of the budget it stands for: round(share · steps), at least 1; where two
+    shares round to one step, the smaller share names it."""
+    out: dict[int, float] = {}
+    for fraction in budget.checkpoint_fractions():
+        out.setdefault(max(1, round(fraction * steps)), fraction)
+    return out
+
+
+def checkpoint(fraction: float, step: int, batch_size: int, metrics: Metrics) -> Checkpoint:
+    return Checkpoint(fraction, step, step * batch_size, metrics.train_loss, metrics.val_loss, metrics.val_error)
 
 
 def is_diverged(loss: float, initial: float) -> bool:

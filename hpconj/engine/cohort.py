@@ -41,9 +41,10 @@ from torch.func import functional_call, grad, grad_and_value, stack_module_state
 from torch.utils._pytree import tree_flatten, tree_map
 
 from hpconj.engine import base as engine_base
-from hpconj.engine.base import curve_steps, failed_result, is_diverged, tensors_digest
+from hpconj.engine.base import (checkpoint, checkpoint_steps, curve_steps, failed_result, is_diverged,
+                                tensors_digest)
 from hpconj.optim import StackedUpdate, lr_scales, stack_order, stacked_update
-from hpconj.records import DIVERGED, OK, CurvePoint, TrialResult
+from hpconj.records import DIVERGED, OK, Checkpoint, CurvePoint, TrialResult
 from hpconj.engine.reference import train_trial
 from hpconj.engine.stacked import Layer, layer_plan, stacked_logits, stacked_loss_and_grads
 from hpconj.tasks import Metrics, Task
@@ -134,6 +135,7 @@ class _Live:
     buffers: dict[str, torch.Tensor]
     initial: list[float]
     curves: list[list[CurvePoint]]
+    checkpoints: list[list[Checkpoint]]
 
     def keep(self, rows: list[int]) -> None:
         index = torch.tensor(rows, dtype=torch.int64, device=self.state.device)
@@ -142,6 +144,7 @@ class _Live:
         self.buffers = {k: v.index_select(0, index) for k, v in self.buffers.items()}
         self.initial = [self.initial[i] for i in rows]
         self.curves = [self.curves[i] for i in rows]
+        self.checkpoints = [self.checkpoints[i] for i in rows]
 
 
 def train_cohort(task: Task, trials: list[Trial], device: torch.device) -> Iterator[TrialResult]:
@@ -174,12 +177,14 @@ def _train_stack(task: Task, trials: list[Trial], device: torch.device) -> Itera
         buffers=buffers,
         initial=[initial_loss[t.seed] for t in trials],
         curves=[[CurvePoint(0, 0, initial_loss[t.seed])] for t in trials],
+        checkpoints=[[] for _ in trials],
     )
     layers = layer_plan(base.model) if isinstance(task, SupervisedTask) and not buffers else None
     step_fn = _step_function(task, base, layers)
     batches = _BatchStacker(task, seeds, batch_size, steps, device)
     batches.select(live.trials)
     record_at = curve_steps(steps)
+    marks = checkpoint_steps(trials[0].budget, steps)
     history: list[torch.Tensor] = []  # batch losses [K] of each step since the last curve point
     for step in range(1, steps + 1):
         losses = step_fn(live.state, live.buffers, batches.next())
@@ -193,7 +198,14 @@ def _train_stack(task: Task, trials: list[Trial], device: torch.device) -> Itera
                 return
             if len(live.trials) < before:
                 batches.select(live.trials)
-    yield from _finish(task, live, base, layers, steps, batch_size, clock)
+        if step in marks and step < steps and live.trials:
+            before = len(live.trials)
+            yield from _checkpoint(task, live, base, layers, marks[step], step, batch_size, clock)
+            if not live.trials:
+                return
+            if len(live.trials) < before:
+                batches.select(live.trials)
+    yield from _finish(task, live, base, layers, steps, batch_size, clock, marks)
 
 
 class _BatchStacker:
@@ -320,13 +332,14 @@ def _record(task: Task, live: _Live, base: LossOf, step: int, history: list[torc
     keep: list[int] = []
     for i, trial in enumerate(live.trials):
         if first_bad[i] >= 0:
-            yield _diverged(trial, live.curves[i], step - window + first_bad[i] + 1, batch_size, clock)
+            yield _diverged(trial, live.curves[i], step - window + first_bad[i] + 1, batch_size, clock,
+                           live.checkpoints[i])
             continue
         model = _trial_model(live, base, i) if task.curve_needs_model else None
         value = task.curve_loss(model, sums[i] / window)
         live.curves[i].append(CurvePoint(step, step * batch_size, value))
         if is_diverged(value, live.initial[i]):
-            yield _diverged(trial, live.curves[i], step, batch_size, clock)
+            yield _diverged(trial, live.curves[i], step, batch_size, clock, live.checkpoints[i])
             continue
         keep.append(i)
     if len(keep) < len(live.trials):
@@ -346,33 +359,55 @@ def _trial_model(live: _Live, base: LossOf, i: int) -> nn.Module:
     return model
 
 
-def _diverged(trial: Trial, curve: list[CurvePoint], step: int, batch_size: int, clock: _Clock) -> TrialResult:
+def _diverged(trial: Trial, curve: list[CurvePoint], step: int, batch_size: int, clock: _Clock,
+              checkpoints: list[Checkpoint] = ()) -> TrialResult:
+    """A trial that diverged at `step`; the checkpoints it passed before (the reference stops at
+    the step it diverges, so one taken at or after it is not kept)."""
     inf = math.inf
+    kept = tuple(c for c in checkpoints if c.step < step)
     return TrialResult(trial.trial_id, DIVERGED, inf, inf, math.nan, step, step * batch_size, clock.share(),
-                       tuple(curve))
+                       tuple(curve), checkpoints=kept)
+
+
+def _evaluate_live(task: Task, live: _Live, base: LossOf, layers: list[Layer] | None) -> list[Metrics | Exception]:
+    """Every live trial's metrics on the full train and validation sets (stacked for the built-in
+    networks), as the reference engine computes them one model at a time."""
+    if layers is not None:
+        params = live.state.params
+        return list(task.evaluate_outputs(lambda x: stacked_logits(layers, params, x), len(live.trials)))
+    return [_evaluate_one(task, _trial_model(live, base, i)) for i in range(len(live.trials))]
+
+
+def _checkpoint(task: Task, live: _Live, base: LossOf, layers: list[Layer] | None, fraction: float, step: int,
+                batch_size: int, clock: _Clock) -> Iterator[TrialResult]:
+    """Record a checkpoint of every live trial; a user model that raises fails its trial there."""
+    keep: list[int] = []
+    for i, (trial, metrics) in enumerate(zip(live.trials, _evaluate_live(task, live, base, layers))):
+        if isinstance(metrics, BaseException):
+            yield failed_result(trial.trial_id, metrics, clock.share())
+            continue
+        live.checkpoints[i].append(checkpoint(fraction, step, batch_size, metrics))
+        keep.append(i)
+    if len(keep) < len(live.trials):
+        live.keep(keep)
 
 
 def _finish(task: Task, live: _Live, base: LossOf, layers: list[Layer] | None, steps: int, batch_size: int,
-            clock: _Clock) -> Iterator[TrialResult]:
+            clock: _Clock, marks: dict[int, float]) -> Iterator[TrialResult]:
     """Evaluate the trials that trained to the end (stacked when the network is built-in)."""
     if not live.trials:
         return
-    if layers is not None:
-        params = live.state.params
-        all_metrics: list[Metrics | Exception] = list(
-            task.evaluate_outputs(lambda x: stacked_logits(layers, params, x), len(live.trials))
-        )
-    else:
-        all_metrics = [_evaluate_one(task, _trial_model(live, base, i)) for i in range(len(live.trials))]
+    all_metrics = _evaluate_live(task, live, base, layers)
     for i, (trial, metrics) in enumerate(zip(live.trials, all_metrics)):
         if isinstance(metrics, BaseException):
             yield failed_result(trial.trial_id, metrics, clock.share())  # exactly as the reference records it
         elif is_diverged(metrics.train_loss, live.initial[i]) or not math.isfinite(metrics.val_loss):
-            yield _diverged(trial, live.curves[i], steps, batch_size, clock)
+            yield _diverged(trial, live.curves[i], steps, batch_size, clock, live.checkpoints[i])
         else:
+            final = [checkpoint(marks[steps], steps, batch_size, metrics)] if steps in marks else []
             yield TrialResult(trial.trial_id, OK, metrics.train_loss, metrics.val_loss, metrics.val_error, steps,
                               steps * batch_size, clock.share(), tuple(live.curves[i]), None,
-                              tensors_digest(_trial_state(live, i)))
+                              tensors_digest(_trial_state(live, i)), tuple(live.checkpoints[i] + final))
 
 
 def _evaluate_one(task: Task, model: nn.Module) -> Metrics | Exception:

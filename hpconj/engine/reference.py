@@ -15,9 +15,9 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from hpconj.engine.base import curve_steps, failed_result, is_diverged, params_digest
+from hpconj.engine.base import checkpoint, checkpoint_steps, curve_steps, failed_result, is_diverged, params_digest
 from hpconj.optim import lr_scales, reference_optimizer
-from hpconj.records import DIVERGED, OK, CurvePoint, TrialResult
+from hpconj.records import DIVERGED, OK, Checkpoint, CurvePoint, TrialResult
 from hpconj.tasks import Task
 from hpconj.tasks.base import example_gradients
 from hpconj.trials import Trial
@@ -51,6 +51,8 @@ def _train(task: Task, trial: Trial, device: torch.device, steps: int, start: fl
                                     None if scales is None else [scales[n] for n, _ in named])
     initial = task.reference_loss(model)
     record_at = curve_steps(steps)
+    marks = checkpoint_steps(trial.budget, steps)
+    checkpoints: list[Checkpoint] = []
     curve = [CurvePoint(0, 0, initial)]
     recent_sum, last_record = 0.0, 0  # float64 running sum: the cohort engine sums the same way
     status, done = OK, 0
@@ -72,6 +74,8 @@ def _train(task: Task, trial: Trial, device: torch.device, steps: int, start: fl
             if is_diverged(point, initial):
                 status = DIVERGED
                 break
+        if done in marks and done < steps:
+            checkpoints.append(checkpoint(marks[done], done, trial.batch_size, task.evaluate(model)))
     if status == OK:
         metrics = task.evaluate(model)
         if is_diverged(metrics.train_loss, initial) or not math.isfinite(metrics.val_loss):
@@ -79,10 +83,13 @@ def _train(task: Task, trial: Trial, device: torch.device, steps: int, start: fl
     if status == DIVERGED:
         inf = math.inf
         return TrialResult(trial.trial_id, DIVERGED, inf, inf, math.nan, done, done * trial.batch_size,
-                           time.perf_counter() - start, tuple(curve))
+                           time.perf_counter() - start, tuple(curve), checkpoints=tuple(checkpoints))
+    if steps in marks:
+        checkpoints.append(checkpoint(marks[steps], steps, trial.batch_size, metrics))
     return TrialResult(
         trial.trial_id, OK, metrics.train_loss, metrics.val_loss, metrics.val_error, done,
         done * trial.batch_size, time.perf_counter() - start, tuple(curve), None, params_digest(model),
+        tuple(checkpoints),
     )
 
 

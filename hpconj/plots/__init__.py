@@ -42,6 +42,7 @@ from hpconj.plots.heatmap import metric_heatmap
 from hpconj.plots.loss_vs_lr import loss_vs_lr
 from hpconj.plots.optimum_shift import optimum_shift
 from hpconj.plots.style import STYLE, Log2Locator, _frame, _sorted_values, power_of_two
+from hpconj.plots.time_to_target import steps_to_target
 from hpconj.plots.training import training_curves
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "optimum_shift",
     "metric_heatmap",
     "training_curves",
+    "steps_to_target",
     "write_figures",
     "power_of_two",
     "Log2Locator",
@@ -65,7 +67,8 @@ def write_figures(frames: Mapping[str, pd.DataFrame] | Any, meta: Mapping[str, A
     (drawn on optimum_shift_batch_size). Written, when their frame is not empty:
     loss_vs_lr_<axis> for batch_size and for every other axis with more than one value,
     optimum_shift_<axis> for every numeric axis with more than one value (hpconj.axes order),
-    metric_heatmap, training_curves. Returns the paths written, in that order.
+    metric_heatmap, training_curves; with checkpoints, optimum_over_time (lr* against log2 T) and
+    steps_to_target (hpconj.training_time). Returns the paths written, in that order.
     """
     curves, optima = _frame(frames, "curves"), _frame(frames, "optima")
     shifts, training = _frame(frames, "shifts"), _frame(frames, "training")
@@ -83,6 +86,12 @@ def write_figures(frames: Mapping[str, pd.DataFrame] | Any, meta: Mapping[str, A
         jobs.append(("metric_heatmap", lambda: metric_heatmap(curves, optima, meta)))
     if not training.empty:
         jobs.append(("training_curves", lambda: training_curves(training, meta)))
+    optima_time, shifts_time = _frame(frames, "optima_time"), _frame(frames, "shifts_time")
+    if not optima_time.empty and len(_sorted_values(optima_time, "checkpoint")) > 1:
+        jobs.append(("optimum_over_time", lambda: optimum_shift(optima_time, shifts_time, meta, axis="checkpoint")))
+    targets, critical = _frame(frames, "targets"), _frame(frames, "critical")
+    if not targets.empty:
+        jobs.append(("steps_to_target", lambda: steps_to_target(targets, critical, meta)))
 
     out = Path(folder) / "plots"
     out.mkdir(parents=True, exist_ok=True)
