@@ -243,7 +243,7 @@ def refuse_if_busy(folder: Path) -> None:
 
 # ----------------------------------------------------------------------------- reading its tables
 # Columns that analysis and check read, by kind. A column not listed is read as pandas infers it.
-TEXT_COLUMNS = ("trial_id", "status", "parameterization", "optimizer", "axis", "fixed", "error", "params_sha256",
+TEXT_COLUMNS = ("trial_id", "status", "parameterization", "optimizer", "axis", "fixed", "error", "params_sha256", "why",
                 *(a for a in AXES if AXES[a].categorical), *(f"fixed_{a}" for a in AXES if AXES[a].categorical))
 INTEGER_COLUMNS = ("batch_size", "seed", "steps", "examples", "step", "n_seeds", "n_slices", "n_edge",
                    "reference_batch_size", "width", "depth")
@@ -290,7 +290,7 @@ def _typed_column(path: Path, column: str, text: pd.Series) -> pd.Series:
         if column == "status":
             bad = ~text.isin(STATUSES)
             _refuse_first(path, column, text, bad, f"not a trial status ({' | '.join(STATUSES)})")
-        return text.where(text != "", None) if column in ("error", "params_sha256") else text
+        return text.where(text != "", None) if column in ("error", "params_sha256", "why") else text
     if column in ("at_edge",):
         bad = ~text.isin(("True", "False"))
         _refuse_first(path, column, text, bad, "not True or False")

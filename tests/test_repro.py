@@ -17,7 +17,8 @@ from conftest import ROOT, copied, plotted_sweep, run_here
 from hpconj.repro import (CheckReport, arithmetic_fingerprint, compare_ids, environment, environment_differences,
                           load_stored, system_family)
 
-COMMITTED = ["quickstart", "nqm_batch", "mlp_momentum", "adam_batch", "mcallester", "width_mup", "depth_linear"]
+COMMITTED = ["quickstart", "nqm_batch", "mlp_momentum", "adam_batch", "mcallester", "width_mup", "depth_linear",
+             "critical_batch"]
 
 
 @pytest.fixture(scope="module")
