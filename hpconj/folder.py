@@ -44,8 +44,8 @@ LOCK_NAME = ".hpconj.lock"
 STORE_NAME = "store.sqlite"
 STORE_FILES = (STORE_NAME, f"{STORE_NAME}-wal", f"{STORE_NAME}-shm")
 TRIALS_FILE, CURVES_FILE, NOISE_FILE, CONFIG_FILE = "trials.csv", "curves.csv", "noise_scale.csv", "config.yaml"
-CHECKPOINTS_FILE = "checkpoints.csv"
-INPUT_FILES = (TRIALS_FILE, CURVES_FILE, NOISE_FILE, CHECKPOINTS_FILE, CONFIG_FILE)  # a sweep's records
+CHECKPOINTS_FILE, NOISE_END_FILE = "checkpoints.csv", "noise_scale_end.csv"
+INPUT_FILES = (TRIALS_FILE, CURVES_FILE, NOISE_FILE, NOISE_END_FILE, CHECKPOINTS_FILE, CONFIG_FILE)  # a sweep's records
 OPTIMA_FILE, SHIFTS_FILE, SUMMARY_FILE = "optima.csv", "shifts.csv", "summary.md"
 OPTIMA_TIME_FILE, SHIFTS_TIME_FILE = "optima_over_time.csv", "shifts_over_time.csv"
 TARGET_FILE, CRITICAL_FILE = "time_to_target.csv", "critical_batch.csv"
@@ -319,6 +319,7 @@ TRIAL_REQUIRED = ("trial_id", "status", "parameterization", "optimizer", "lr", "
 CURVE_REQUIRED = ("trial_id", "step", "examples", "train_loss")
 CHECKPOINT_REQUIRED = ("trial_id", "step", "fraction", "examples", "train_loss", "val_loss", "val_error")
 NOISE_REQUIRED = ("seed", "examples", "trace_sigma", "grad_norm_sq", "b_simple")
+NOISE_END_REQUIRED = ("seed", "trial_id", "examples", "trace_sigma", "grad_norm_sq", "b_simple")
 
 
 def read_trials(folder: Path) -> pd.DataFrame:

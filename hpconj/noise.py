@@ -164,15 +164,16 @@ def noise_batch(task: Task, seed: int, examples: int, device: torch.device) -> A
 
 
 def measure_noise_scale(task: Task, seed: int, examples: int, device: torch.device, *,
-                        method: Method = "auto") -> NoiseEstimate:
-    """B_simple of seed's initial model (task.init_model(seed)) on `noise_batch(task, seed, examples)`.
+                        method: Method = "auto", model: nn.Module | None = None) -> NoiseEstimate:
+    """B_simple of seed's initial model (task.init_model(seed)), or of `model` (a trained one), on
+    `noise_batch(task, seed, examples)`.
 
     Touches no RNG that trials use: init_model forks the global RNG, streams own their generators,
     and whatever the model draws itself (dropout) comes from a fork of the global RNG seeded with
     `seed`, so the estimate is the same on every run.
     """
     task = task.to(device)
-    model = task.init_model(seed).to(device)
+    model = (task.init_model(seed) if model is None else model).to(device)
     batch = noise_batch(task, seed, examples, device)
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):

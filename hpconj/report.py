@@ -27,7 +27,8 @@ from hpconj.analysis import (
 )
 from hpconj.axes import AXES, axes_of
 from hpconj.config import ConfigError, config_from_dict
-from hpconj.folder import (BEST_MOMENTUM_FILE, CHECKPOINT_REQUIRED, CHECKPOINTS_FILE, CONFIG_FILE, CRITICAL_FILE, CURVES_FILE,
+from hpconj.folder import (BEST_MOMENTUM_FILE, CHECKPOINT_REQUIRED, CHECKPOINTS_FILE, NOISE_END_FILE,
+                           NOISE_END_REQUIRED, CONFIG_FILE, CRITICAL_FILE, CURVES_FILE,
                            CURVE_REQUIRED, NOISE_FILE, NOISE_REQUIRED, OPTIMA_FILE, OPTIMA_TIME_FILE, SHIFTS_FILE,
                            SHIFTS_TIME_FILE, SUMMARY_FILE, TARGET_FILE, TRIALS_FILE, FolderError, read_config_data, read_manifest,
                            read_optional, read_trials, record_hashes, record_problems, refuse_if_busy, write_atomic,
@@ -50,6 +51,7 @@ class Results:
     noise: pd.DataFrame = field(default_factory=pd.DataFrame)  # noise_scale.csv; empty when absent
     warnings: tuple[str, ...] = ()  # disagreements with manifest.json the user accepted
     checkpoints: pd.DataFrame = field(default_factory=pd.DataFrame)  # checkpoints.csv; empty when absent
+    noise_end: pd.DataFrame = field(default_factory=pd.DataFrame)  # noise_scale_end.csv; empty when absent
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class Frames:
     targets: pd.DataFrame = field(default_factory=pd.DataFrame)
     critical: pd.DataFrame = field(default_factory=pd.DataFrame)
     best_momentum: pd.DataFrame = field(default_factory=pd.DataFrame)  # with more than one momentum
+    noise_end: pd.DataFrame = field(default_factory=pd.DataFrame)  # noise_summary at the end of training
 
 
 def result_folders(paths: list[Path]) -> list[Path]:
@@ -94,9 +97,10 @@ def load_results(folder: Path) -> Results:
         config = read_config_data(folder) if (folder / CONFIG_FILE).is_file() else {}
         noise = read_optional(folder / NOISE_FILE, NOISE_REQUIRED)
         checkpoints = read_optional(folder / CHECKPOINTS_FILE, CHECKPOINT_REQUIRED)
+        noise_end = read_optional(folder / NOISE_END_FILE, NOISE_END_REQUIRED)
     except FolderError as exc:
         raise ReportError(str(exc)) from None
-    return Results(folder, trials, curves, config, noise, checkpoints=checkpoints)
+    return Results(folder, trials, curves, config, noise, checkpoints=checkpoints, noise_end=noise_end)
 
 
 def verified_results(folder: Path, accept_unverified: bool) -> Results:
@@ -164,7 +168,7 @@ def analyse(results: Results) -> Frames:
     shift = shifts(trials, optimum)
     frames = Frames(curve_frame, optimum, shift, training_at_optimum(trials, results.curves, optimum),
                     describe(results.config), noise_summary(results.noise), results.warnings,
-                    best_momentum=best_momentum(trials, optimum))
+                    best_momentum=best_momentum(trials, optimum), noise_end=noise_summary(results.noise_end))
     if not results.checkpoints.empty:
         frames = replace(frames, **over_time(results, optimum))
     flags = conjugacy_flags(optimum, trials, frames.critical)
@@ -338,7 +342,7 @@ def time_markdown(frames: Frames) -> list[str]:
         lines += ["Critical batch size (McCandlish et al. 2018): S(B) = S_min + E_min/B fitted to the steps to "
                   "target, B_crit = E_min/S_min; B_noise from lr*(B) = lr_max/(1 + B_noise/B) fitted to the final "
                   "optima.", ""]
-        for sentence in critical_sentences(frames.critical, b_simple):
+        for sentence in critical_sentences(frames.critical, b_simple, mean_noise_scale(frames.noise_end)):
             lines += [sentence, ""]
     return lines
 
@@ -361,6 +365,19 @@ def noise_markdown(frames: Frames) -> list[str]:
         examples = "" if pd.isna(r["examples"]) else str(r["examples"])
         lines.append(f"| {seed} | {examples} | {r['trace_sigma']:.4g} | {r['grad_norm_sq']:.4g} | "
                      f"{noise_scale_text(r['b_simple'])} |")
+    end = frames.noise_end
+    if end is not None and not end.empty:
+        lines += ["", f"At the end of training (on the final model of each seed's best trial at the smallest batch "
+                      f"size and momentum of the first parameterization; the noise scale grows as the loss falls): "
+                      f"B_simple ≈ {noise_scale_text(mean_noise_scale(end))}, against "
+                      f"{noise_scale_text(mean_noise_scale(noise))} at initialisation.", ""]
+        lines.append("| seed | examples | tr Σ | \\|G\\|² | B_simple |")
+        lines.append("|---|---:|---:|---:|---:|")
+        for _, r in end.iterrows():
+            seed = "mean" if r["row"] == "mean" else str(r["seed"])
+            examples = "" if pd.isna(r["examples"]) else str(r["examples"])
+            lines.append(f"| {seed} | {examples} | {r['trace_sigma']:.4g} | {r['grad_norm_sq']:.4g} | "
+                         f"{noise_scale_text(r['b_simple'])} |")
     return lines
 
 

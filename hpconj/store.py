@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from hpconj.axes import TASK_AXES
-from hpconj.folder import CHECKPOINTS_FILE, CURVES_FILE, NOISE_FILE, STORE_NAME, TRIALS_FILE, write_atomic
+from hpconj.folder import CHECKPOINTS_FILE, CURVES_FILE, NOISE_END_FILE, NOISE_FILE, STORE_NAME, TRIALS_FILE, write_atomic
 from hpconj.records import DIVERGED, DONE_STATUSES, FAILED, NoiseEstimate, TrialResult
 from hpconj.trials import Trial
 
@@ -30,6 +30,7 @@ TRIAL_COLUMNS = [
 _SORT = ["parameterization", "optimizer", "batch_size", "momentum", "lr", "seed"]
 NOISE_COLUMNS = ["seed", "examples", "trace_sigma", "grad_norm_sq", "b_simple"]
 CHECKPOINT_COLUMNS = ["trial_id", "step", "fraction", "examples", "train_loss", "val_loss", "val_error"]
+NOISE_END_COLUMNS = ["seed", "trial_id", "examples", "trace_sigma", "grad_norm_sq", "b_simple"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -64,6 +65,14 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     examples INTEGER NOT NULL,
     train_loss REAL, val_loss REAL, val_error REAL,
     PRIMARY KEY (trial_id, step)
+);
+CREATE TABLE IF NOT EXISTS noise_scale_end (
+    seed INTEGER PRIMARY KEY,
+    trial_id TEXT NOT NULL,
+    examples INTEGER NOT NULL,
+    trace_sigma REAL,
+    grad_norm_sq REAL,
+    b_simple REAL
 );
 CREATE TABLE IF NOT EXISTS noise_scale (
     seed INTEGER PRIMARY KEY,
@@ -157,6 +166,31 @@ class Store:
                 self.db.execute("ROLLBACK")
             raise
 
+    def record_noise_end(self, estimate: NoiseEstimate, trial_id: str) -> None:
+        """Write (or replace) one seed's estimate at the end of training, on `trial_id`'s final model."""
+        row = (estimate.seed, trial_id, estimate.examples, _real(estimate.trace_sigma),
+               _real(estimate.grad_norm_sq), _real(estimate.b_simple))
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("INSERT OR REPLACE INTO noise_scale_end VALUES (?, ?, ?, ?, ?, ?)", row)
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+
+    def noise_end_trials(self) -> dict[int, tuple[str, int]]:
+        """seed → (the trial its end-of-training estimate was measured on, the examples it used)."""
+        rows = self.db.execute("SELECT seed, trial_id, examples FROM noise_scale_end").fetchall()
+        return {seed: (trial_id, examples) for seed, trial_id, examples in rows}
+
+    def noise_end_frame(self) -> pd.DataFrame:
+        """The noise_scale_end.csv table: one row per seed, sorted by seed."""
+        frame = pd.read_sql_query(f"SELECT {', '.join(NOISE_END_COLUMNS)} FROM noise_scale_end ORDER BY seed", self.db)
+        for col in ("trace_sigma", "grad_norm_sq", "b_simple"):
+            frame[col] = frame[col].astype(float)
+        return frame[NOISE_END_COLUMNS]
+
     def noise_examples(self) -> dict[int, int]:
         """seed → the number of examples its stored estimate was measured on."""
         return dict(self.db.execute("SELECT seed, examples FROM noise_scale").fetchall())
@@ -229,7 +263,13 @@ def export_checkpoints_csv(store: Store, folder: Path) -> Path | None:
 
 
 def export_noise_csv(store: Store, folder: Path) -> Path | None:
-    """noise_scale.csv from the store; None (and no file) when no seed has an estimate."""
+    """noise_scale.csv (and noise_scale_end.csv) from the store; None (and no file) when no seed
+    has an estimate."""
+    end, frame_end = folder / NOISE_END_FILE, store.noise_end_frame()
+    if frame_end.empty:
+        end.unlink(missing_ok=True)
+    else:
+        write_atomic(end, frame_end.to_csv(index=False))
     path = folder / NOISE_FILE
     frame = store.noise_frame()
     if frame.empty:

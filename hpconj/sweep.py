@@ -33,7 +33,8 @@ from hpconj.folder import (CONFIG_FILE, INPUT_FILES, MANIFEST, STORE_FILES, Fold
                            read_manifest, record_hashes, remove_analysis, write_atomic, writer_lock)
 from hpconj.noise import measure_noise_scale, noise_examples
 from hpconj.optim import OPTIMIZERS
-from hpconj.records import FAILED
+from hpconj.engine.reference import trained_model
+from hpconj.records import FAILED, OK
 from hpconj.repro import arithmetic_fingerprint
 from hpconj.store import Store, StoreError, export_checkpoints_csv, export_csv, export_noise_csv
 from hpconj.tasks import Task, TaskError, build_task
@@ -290,6 +291,8 @@ def _run_locked(
                 outcome.failures.append(f"trial {trial.trial_id} (lr={trial.lr:g}, B={trial.batch_size}): {result.error}")
             if on_result is not None:
                 on_result(trial, result)
+        if len(store.finished_ids() & {t.trial_id for t in plan.trials}) == len(plan.trials):
+            measure_final_noise(config, plan, on_device, store, device)
     except KeyboardInterrupt:
         outcome.interrupted = True
     finally:
@@ -328,6 +331,45 @@ def measure_noise(config: Config, task: Task, store: Store, device: torch.device
             log.warning("gradient noise scale of seed %d not measured (%s: %s)", seed, type(exc).__name__, exc)
             continue
         store.record_noise(estimate)
+        recorded += 1
+    return recorded
+
+
+def measure_final_noise(config: Config, plan: SweepPlan, task: Task, store: Store, device: torch.device) -> int:
+    """B_simple at the end of training, per seed, on one trial's final model (the noise scale grows
+    as the loss falls): of the sweep's first architecture and parameterization, its smallest batch
+    size and momentum, the lr whose trial of that seed ended lowest. The reference engine trains it
+    again; the estimate is recorded only when the final weights match the stored digest. Returns
+    how many estimates were recorded."""
+    if not config.noise_scale.enabled:
+        return 0
+    first = config.parameterizations[0]
+    smallest = (min(config.sweep.batch_size), min(config.sweep.momentum))
+    candidates = {t.trial_id: t for t in plan.trials if t.task == config.first_task and t.parameterization == first
+                  and (t.batch_size, t.momentum) == smallest}
+    stored = store.trials_frame(config.metric.name, config.task_axis_defaults()).set_index("trial_id")
+    wanted = noise_examples(task, config.noise_scale.examples)
+    done, recorded = store.noise_end_trials(), 0
+    for seed in config.seeds:
+        rows = stored.loc[[i for i in candidates if i in stored.index and candidates[i].seed == seed]]
+        rows = rows[rows["status"] == OK]
+        if rows.empty:
+            continue
+        trial_id = str(rows["metric"].idxmin())
+        if done.get(seed) == (trial_id, wanted):
+            continue
+        try:
+            model, result = trained_model(task, candidates[trial_id], device)
+            if result.params_sha256 != rows.loc[trial_id, "params_sha256"]:
+                log.warning("noise scale at the end of training of seed %d not measured: trial %s re-trained to "
+                            "other weights than recorded", seed, trial_id)
+                continue
+            estimate = measure_noise_scale(task, seed, config.noise_scale.examples, device, model=model)
+        except Exception as exc:  # a user model may raise anything; the results are recorded already
+            log.warning("noise scale at the end of training of seed %d not measured (%s: %s)", seed,
+                        type(exc).__name__, exc)
+            continue
+        store.record_noise_end(estimate, trial_id)
         recorded += 1
     return recorded
 

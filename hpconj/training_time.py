@@ -204,8 +204,9 @@ def critical_batch(target_table: pd.DataFrame, samples: dict[tuple, np.ndarray],
     return pd.DataFrame(rows, columns=groups + CRITICAL_COLUMNS)
 
 
-def critical_sentences(table: pd.DataFrame, b_simple: float) -> list[str]:
-    """One sentence per row: B_crit with its interval beside B_noise and B_simple."""
+def critical_sentences(table: pd.DataFrame, b_simple: float, b_simple_end: float = math.nan) -> list[str]:
+    """One sentence per row: B_crit with its interval beside B_noise and B_simple (at initialisation
+    and, where measured, at the end of training)."""
     out = []
     for _, r in table.iterrows():
         where = ", ".join(f"{k}={r[k]:g}" if isinstance(r[k], (int, float, np.floating, np.integer)) else f"{k}={r[k]}"
@@ -220,6 +221,10 @@ def critical_sentences(table: pd.DataFrame, b_simple: float) -> list[str]:
         noise = (f"B_noise ≈ {r['b_noise']:.3g}" if np.isfinite(r["b_noise"])
                  else "B_noise beyond the swept batch sizes" if np.isinf(r["b_noise"]) else "B_noise not resolved")
         simple = f"; B_simple at initialisation ≈ {b_simple:.3g}" if np.isfinite(b_simple) else ""
+        if np.isfinite(b_simple_end):
+            simple += f", at the end of training ≈ {b_simple_end:.3g}"
+        elif np.isposinf(b_simple_end):
+            simple += ", at the end of training ∞ (the full gradient is not resolved above the noise)"
         knee = ""
         if np.isfinite(r["b_noise"]) and np.isfinite(b_simple) and b_simple > 0:
             ratio = r["b_noise"] / b_simple

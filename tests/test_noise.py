@@ -228,8 +228,10 @@ def test_summary_has_the_noise_scale_section(plotted: Path):
     summary = (plotted / "summary.md").read_text()
     section = summary.split("## Gradient noise scale", 1)[1]
     assert "McCandlish et al. 2018" in section and "saturates" in section
-    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| seed")]
-    assert [row.split("|")[1].strip() for row in rows] == ["0", "1", "mean"]
+    start, _, end = section.partition("At the end of training")  # then the same table on the trained models
+    for part in (start, end):
+        rows = [line for line in part.splitlines() if line.startswith("| ") and not line.startswith("| seed")]
+        assert [row.split("|")[1].strip() for row in rows] == ["0", "1", "mean"]
 
 
 def test_optimum_shift_plot_data_has_the_noise_scale(plotted: Path):

@@ -166,3 +166,23 @@ def test_plot_writes_the_tables_and_figures_over_time(write_config, tmp_path):
     assert "## Over training time" in summary and "B_crit" in summary and "Time to target" in summary
     assert run_here("check", str(out), "--integrity").returncode == 0
     assert run_here("check", str(out), "--trials", "20%").returncode == 0
+
+
+def test_the_noise_scale_is_measured_again_at_the_end_of_training(write_config, tmp_path):
+    """On the best trial of each seed at the smallest B and β, retrained to the recorded weights; on
+    the quadratic B_simple = σ²·Σh / Σh²θ² grows as θ shrinks."""
+    out = tmp_path / "end"
+    small = {**QUADRATIC, "seeds": 2, "noise_scale": {"enabled": True, "examples": 512},
+             "sweep": {**QUADRATIC["sweep"], "batch_size": [4, 32]}}
+    assert run_here("sweep", str(write_config(**small)), "--out", str(out), "--quiet").returncode == 0
+    start, end = pd.read_csv(out / "noise_scale.csv"), pd.read_csv(out / "noise_scale_end.csv")
+    trials = read_trials(out)
+    for seed in (0, 1):
+        mine = trials[(trials["seed"] == seed) & (trials["batch_size"] == 4) & (trials["status"] == "ok")]
+        best = mine.loc[mine["metric"].idxmin(), "trial_id"]
+        row = end[end["seed"] == seed].iloc[0]
+        assert row["trial_id"] == best
+        assert row["b_simple"] > 4 * start[start["seed"] == seed]["b_simple"].iloc[0]
+    assert run_here("plot", str(out)).returncode == 0
+    assert "At the end of training" in (out / "summary.md").read_text()
+    assert run_here("check", str(out), "--integrity").returncode == 0

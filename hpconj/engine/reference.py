@@ -41,8 +41,19 @@ def train_trial(task: Task, trial: Trial, device: torch.device) -> TrialResult:
         return failed_result(trial.trial_id, exc, time.perf_counter() - start)
 
 
-def _train(task: Task, trial: Trial, device: torch.device, steps: int, start: float) -> TrialResult:
+def trained_model(task: Task, trial: Trial, device: torch.device) -> tuple[torch.nn.Module, TrialResult]:
+    """The trial trained again by the reference engine, and its final model (for measurements on
+    it, such as the noise scale at the end of training); raises what a user model raises."""
+    holder: list[torch.nn.Module] = []
+    result = _train(task, trial, device, task.steps(trial.budget, trial.batch_size), time.perf_counter(), holder)
+    return holder[0], result
+
+
+def _train(task: Task, trial: Trial, device: torch.device, steps: int, start: float,
+           keep: list[torch.nn.Module] | None = None) -> TrialResult:
     model = task.init_model(trial.seed).to(device)
+    if keep is not None:
+        keep.append(model)
     model.train()
     native = trial.native
     named = list(model.named_parameters())
