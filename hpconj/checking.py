@@ -17,6 +17,7 @@ from hpconj.repro import (
     CheckReport,
     compare_analysis,
     compare_checkpoints,
+    compare_derived_tables,
     compare_conclusions,
     compare_ids,
     compare_results,
@@ -80,6 +81,7 @@ def run_check(folder: Path, *, integrity_only: bool, sample: str, rtol: float | 
         compare_conclusions(stored, rerun, stored_curves, rerun_curves, report)
     merged = pd.concat([stored[~stored["trial_id"].isin(rerun["trial_id"])], rerun[stored.columns]])
     compare_analysis(folder, stored, merged, report, exact=per_value and rtol == 0 and atol == 0)
+    compare_derived_tables(folder, report)
     tolerance = ("bit-equal" if per_value and rtol == 0 and atol == 0 else f"rtol {rtol:g}, atol {atol:g}" if per_value
                  else "same conclusions: the environment differs")
     _print(console, report, f"{report.rerun} of {len(stored)} trials re-run ({engine} engine, {tolerance})", folder)

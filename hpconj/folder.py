@@ -291,7 +291,7 @@ def _typed_column(path: Path, column: str, text: pd.Series) -> pd.Series:
             bad = ~text.isin(STATUSES)
             _refuse_first(path, column, text, bad, f"not a trial status ({' | '.join(STATUSES)})")
         return text.where(text != "", None) if column in ("error", "params_sha256", "why") else text
-    if column in ("at_edge",):
+    if column in ("at_edge", "bound", "reached"):
         bad = ~text.isin(("True", "False"))
         _refuse_first(path, column, text, bad, "not True or False")
         return text == "True"

@@ -30,8 +30,9 @@ from hpconj.analysis import best_grid_lr, optima, shifts, slice_keys
 from hpconj.axes import AXES
 from hpconj.config import Config, config_from_dict
 from hpconj.engine.base import tensors_digest
-from hpconj.folder import (CHECKPOINT_REQUIRED, CHECKPOINTS_FILE, CONFIG_FILE, CURVES_FILE, CURVE_REQUIRED,
-                           OPTIMA_FILE, SHIFTS_FILE, TRIALS_FILE, FolderError, read_config_data, read_optional,
+from hpconj.folder import (BEST_MOMENTUM_FILE, CHECKPOINT_REQUIRED, CHECKPOINTS_FILE, CONFIG_FILE, CRITICAL_FILE,
+                           CURVES_FILE, CURVE_REQUIRED, OPTIMA_FILE, OPTIMA_TIME_FILE, SHIFTS_FILE, TARGET_FILE,
+                           TRIALS_FILE, FolderError, read_config_data, read_optional,
                            read_table, read_trials, sha256_file, trial_set)
 from hpconj.folder import read_manifest as folder_manifest
 from hpconj.records import DIVERGED, OK
@@ -442,6 +443,43 @@ def _compare_curves(stable: list[str], stored: pd.DataFrame, stored_curves: pd.D
                            "present" if not np.isnan(y) else "absent")
             elif not (x == y or abs(y - x) <= tolerance):
                 report.add(f"curves.csv trial {trial_id}", f"train_loss at step {step}", float(r["a"]), float(r["b"]))
+
+
+# the tables `hpconj plot` derives over training time and across momenta, the columns checked in each
+TIME_TABLES = {OPTIMA_TIME_FILE: ("optima_time", ("lr_opt", "lr_lo", "lr_hi", "metric_opt")),
+               TARGET_FILE: ("targets", ("examples_to_target", "examples_lo", "examples_hi")),
+               CRITICAL_FILE: ("critical", ("s_min", "e_min", "b_crit", "b_crit_lo", "b_crit_hi", "b_noise")),
+               BEST_MOMENTUM_FILE: ("best_momentum", ("best_momentum", "lr_opt", "beta_share"))}
+
+
+def compare_derived_tables(folder: Path, report: CheckReport) -> None:
+    """Each stored table over training time (and best_momentum.csv) against what the stored records
+    give: an edited table is caught even with its hash recomputed in manifest.json."""
+    present = [name for name in TIME_TABLES if (folder / name).is_file()]
+    if not present:
+        return
+    from hpconj.report import analyse, load_results  # the same derivation `hpconj plot` ran
+
+    try:
+        frames = analyse(load_results(folder))
+        tables = {name: read_table(folder / name) for name in present}
+    except (FolderError, ValueError) as exc:
+        raise CheckError(str(exc)) from None
+    for name, table in tables.items():
+        attribute, columns = TIME_TABLES[name]
+        derived = getattr(frames, attribute)
+        keys = [c for c in table.columns if c in derived.columns and c not in columns
+                and table[c].dtype == derived[c].dtype and c not in ("target", "n_batch_sizes", "n_seeds")]
+        keys = [k for k in keys if k in ("parameterization", "optimizer") or k in AXES]
+        if len(table) != len(derived):
+            report.add(name, "rows", len(table), len(derived))
+            continue
+        joined = table.merge(derived, on=keys, suffixes=("_stored", "_now"))
+        for _, r in joined.iterrows():
+            where = f"{name} " + ", ".join(f"{k}={r[k]}" for k in keys)
+            for column in columns:
+                if not same(r[f"{column}_stored"], r[f"{column}_now"], 1e-9, 0.0):
+                    report.add(where, column, r[f"{column}_stored"], r[f"{column}_now"])
 
 
 def compare_analysis(folder: Path, stored: pd.DataFrame, merged: pd.DataFrame, report: CheckReport,

@@ -33,7 +33,8 @@ from hpconj.records import DIVERGED, DONE_STATUSES, OK
 
 TARGET_COLUMNS = ["target", "examples_to_target", "examples_lo", "examples_hi", "steps_to_target", "lr_at_target",
                   "bound", "reached"]
-CRITICAL_COLUMNS = ["target", "s_min", "e_min", "b_crit", "b_crit_lo", "b_crit_hi", "b_noise", "n_batch_sizes"]
+CRITICAL_COLUMNS = ["target", "s_min", "s_min_lo", "s_min_hi", "e_min", "e_min_lo", "e_min_hi", "b_crit", "b_crit_lo",
+                    "b_crit_hi", "b_noise", "n_batch_sizes"]
 
 
 # ----------------------------------------------------------------------------- the metric at checkpoints
@@ -187,20 +188,21 @@ def critical_batch(target_table: pd.DataFrame, samples: dict[tuple, np.ndarray],
         batch = group["batch_size"].to_numpy(dtype=float)
         s_min, e_min = fit_critical(batch, group["steps_to_target"].to_numpy(dtype=float))
         b_crit = e_min / s_min if np.isfinite(s_min) else math.nan
-        lo = hi = math.nan
+        intervals = {"s": (math.nan, math.nan), "e": (math.nan, math.nan), "b": (math.nan, math.nan)}
         draws = [samples.get(tuple(r), np.array([])) for r in group[keys].itertuples(index=False, name=None)]
         if np.isfinite(b_crit) and all(d.size for d in draws):
             steps = np.array(draws) / batch[:, None]  # [batch sizes, B_BOOT]
-            fits = [fit_critical(batch, column) for column in steps.T]
-            values = np.array([e / s for s, e in fits if np.isfinite(s)])
-            lo, hi = _interval(values, b_crit)
+            fits = np.array([fit for fit in (fit_critical(batch, column) for column in steps.T) if np.isfinite(fit[0])])
+            if len(fits):
+                intervals = {"s": _interval(fits[:, 0], s_min), "e": _interval(fits[:, 1], e_min),
+                             "b": _interval(fits[:, 1] / fits[:, 0], b_crit)}
         where = dict(zip(groups, at if isinstance(at, tuple) else (at,)))
         mask = np.logical_and.reduce([final_optima[k] == v for k, v in where.items() if k in final_optima])
         chosen = final_optima[mask & ~final_optima["at_edge"]] if len(final_optima) else final_optima
         b_noise = (fit_noise_batch(chosen["batch_size"].to_numpy(dtype=float), chosen["log2_lr_opt"].to_numpy())
                    if len(chosen) else math.nan)
-        rows.append((*where.values(), float(group["target"].iloc[0]), s_min, e_min, b_crit, lo, hi, b_noise,
-                     int(np.isfinite(group["steps_to_target"]).sum())))
+        rows.append((*where.values(), float(group["target"].iloc[0]), s_min, *intervals["s"], e_min, *intervals["e"],
+                     b_crit, *intervals["b"], b_noise, int(np.isfinite(group["steps_to_target"]).sum())))
     return pd.DataFrame(rows, columns=groups + CRITICAL_COLUMNS)
 
 
@@ -219,7 +221,9 @@ def critical_sentences(table: pd.DataFrame, b_simple: float, b_simple_end: float
         else:
             crit = "B_crit not resolved: the steps to target do not fall with B as S_min + E_min/B (no positive fit)"
         noise = (f"B_noise ≈ {r['b_noise']:.3g}" if np.isfinite(r["b_noise"])
-                 else "B_noise beyond the swept batch sizes" if np.isinf(r["b_noise"]) else "B_noise not resolved")
+                 else "B_noise above the swept batch sizes (lr* grows with B throughout)" if np.isposinf(r["b_noise"])
+                 else "B_noise below the swept batch sizes (lr* does not grow with B)" if np.isneginf(r["b_noise"])
+                 else "B_noise not resolved")
         simple = f"; B_simple at initialisation ≈ {b_simple:.3g}" if np.isfinite(b_simple) else ""
         if np.isfinite(b_simple_end):
             simple += f", at the end of training ≈ {b_simple_end:.3g}"

@@ -144,8 +144,10 @@ def test_time_to_target_and_critical_batch_follow_the_exact_expected_loss(write_
     (row,) = crit.itertuples(index=False)
     assert row.b_crit_lo <= e_min / s_min <= row.b_crit_hi  # the exact B_crit inside the measured interval
     assert row.b_crit_lo <= row.b_crit <= row.b_crit_hi
-    # a fit through 4 batch sizes of a 6-seed mean: S_min and E_min themselves to 30%
-    assert (row.s_min, row.e_min) == (pytest.approx(s_min, rel=0.3), pytest.approx(e_min, rel=0.3))
+    assert row.e_min_lo <= e_min <= row.e_min_hi
+    # S_min (exact 12.98) sits 2% above its measured interval [11.15, 12.76]: a percentile bootstrap
+    # over 6 seeds is narrow; within the interval widened by 5% of its upper edge
+    assert row.s_min_lo * 0.95 <= s_min <= row.s_min_hi * 1.05
     # lr*(T): the measured optimum at each checkpoint sits on the exact grid optimum, within half an octave
     optimum, _ = optima_over_time(frame)
     for _, r in optimum.iterrows():
@@ -186,3 +188,22 @@ def test_the_noise_scale_is_measured_again_at_the_end_of_training(write_config, 
     assert run_here("plot", str(out)).returncode == 0
     assert "At the end of training" in (out / "summary.md").read_text()
     assert run_here("check", str(out), "--integrity").returncode == 0
+
+
+def test_check_rederives_the_tables_over_time(write_config, tmp_path):
+    """A forged time-to-target table, its hash recomputed in manifest.json, still fails the check."""
+    from hpconj.folder import record_hashes
+
+    out = tmp_path / "forged"
+    small = {**QUADRATIC, "seeds": 2, "sweep": {**QUADRATIC["sweep"], "batch_size": [4, 32]}}
+    assert run_here("sweep", str(write_config(**small)), "--out", str(out), "--quiet").returncode == 0
+    assert run_here("plot", str(out)).returncode == 0
+    honest = run_here("check", str(out), "--trials", "1")
+    assert honest.returncode == 0, honest.stdout
+    table = pd.read_csv(out / "time_to_target.csv")
+    table.loc[0, "examples_to_target"] *= 0.5  # "reaches the target twice as fast"
+    table.to_csv(out / "time_to_target.csv", index=False)
+    record_hashes(out, ["time_to_target.csv"])
+    assert run_here("check", str(out), "--integrity").returncode == 0  # the hashes agree...
+    forged = run_here("check", str(out), "--trials", "1")
+    assert forged.returncode == 1 and "time_to_target.csv" in forged.stdout  # ...the numbers do not
