@@ -144,7 +144,8 @@ def sweep(
     plan = sweeping.plan_sweep(config, task, yes=yes)  # a sweep above the limit stops here, unexpanded
     try:
         executor = make_executor(
-            kind, engine, task=task, device=torch_device, batch_sizes=config.sweep.batch_size, chunk_size=chunk_size,
+            kind, engine, task=sweeping.widest_task(config, task), device=torch_device,
+            batch_sizes=config.sweep.batch_size, chunk_size=chunk_size,
             workers=workers, threads=threads, units=len(plan.trials), trial_steps=plan.total_steps, address=address,
         )
         with executor, SweepProgress(err, enabled=not quiet) as progress:

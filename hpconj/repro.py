@@ -31,7 +31,8 @@ from hpconj.axes import AXES
 from hpconj.config import Config, config_from_dict
 from hpconj.engine.base import tensors_digest
 from hpconj.folder import (BEST_MOMENTUM_FILE, CHECKPOINT_REQUIRED, CHECKPOINTS_FILE, CONFIG_FILE, CRITICAL_FILE,
-                           CURVES_FILE, CURVE_REQUIRED, OPTIMA_FILE, OPTIMA_TIME_FILE, SHIFTS_FILE, TARGET_FILE,
+                           CURVES_FILE, CURVE_REQUIRED, OPTIMA_FILE, OPTIMA_TIME_FILE, SHIFTS_FILE, SHIFTS_TIME_FILE,
+                           TARGET_FILE,
                            TRIALS_FILE, FolderError, read_config_data, read_optional,
                            read_table, read_trials, sha256_file, trial_set)
 from hpconj.folder import read_manifest as folder_manifest
@@ -276,12 +277,16 @@ def compare_checkpoints(folder: Path, rerun_trials: list[Any], results: list[Any
         stored = read_table(path, CHECKPOINT_REQUIRED)
     except FolderError as exc:
         raise CheckError(str(exc)) from None
+    repeated = stored.duplicated(["trial_id", "step"])
+    if repeated.any():
+        row = stored[repeated].iloc[0]
+        raise CheckError(f"{path}: trial {row['trial_id']} step {row['step']} appears more than once")
     stored = stored[stored["trial_id"].isin(wanted)].set_index(["trial_id", "step"])
     for key in sorted(set(stored.index) ^ set(now))[:20]:
         report.add(f"{CHECKPOINTS_FILE} trial {key[0]}", f"step {key[1]}", "present" if key in stored.index else
                    "absent", "present" if key in now else "absent")
     for key in sorted(set(stored.index) & set(now)):
-        for name in ("train_loss", "val_loss", "val_error"):
+        for name in ("fraction", "examples", "train_loss", "val_loss", "val_error"):
             if not same(stored.loc[key, name], getattr(now[key], name), rtol, atol):
                 report.add(f"{CHECKPOINTS_FILE} trial {key[0]}", f"{name} at step {key[1]}", stored.loc[key, name],
                            getattr(now[key], name))
@@ -447,6 +452,7 @@ def _compare_curves(stable: list[str], stored: pd.DataFrame, stored_curves: pd.D
 
 # the tables `hpconj plot` derives over training time and across momenta, the columns checked in each
 TIME_TABLES = {OPTIMA_TIME_FILE: ("optima_time", ("lr_opt", "lr_lo", "lr_hi", "metric_opt")),
+               SHIFTS_TIME_FILE: ("shifts_time", ("slope", "slope_lo", "slope_hi", "shift_octaves")),
                TARGET_FILE: ("targets", ("examples_to_target", "examples_lo", "examples_hi")),
                CRITICAL_FILE: ("critical", ("s_min", "e_min", "b_crit", "b_crit_lo", "b_crit_hi", "b_noise")),
                BEST_MOMENTUM_FILE: ("best_momentum", ("best_momentum", "lr_opt", "beta_share"))}
@@ -470,7 +476,7 @@ def compare_derived_tables(folder: Path, report: CheckReport) -> None:
         derived = getattr(frames, attribute)
         keys = [c for c in table.columns if c in derived.columns and c not in columns
                 and table[c].dtype == derived[c].dtype and c not in ("target", "n_batch_sizes", "n_seeds")]
-        keys = [k for k in keys if k in ("parameterization", "optimizer") or k in AXES]
+        keys = [k for k in keys if k in ("parameterization", "optimizer", "axis", "fixed") or k in AXES]
         if len(table) != len(derived):
             report.add(name, "rows", len(table), len(derived))
             continue

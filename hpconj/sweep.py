@@ -38,7 +38,7 @@ from hpconj.records import FAILED, OK
 from hpconj.repro import arithmetic_fingerprint
 from hpconj.store import Store, StoreError, export_checkpoints_csv, export_csv, export_noise_csv
 from hpconj.tasks import Task, TaskError, build_task
-from hpconj.trials import Cohort, Trial, expand_trials, group_cohorts
+from hpconj.trials import Cohort, Trial, expand_trials, group_cohorts, task_for
 from hpconj.workers import Executor, apply_determinism, split_units
 
 
@@ -132,6 +132,18 @@ def check_per_example_model(task: Task) -> None:
         raise SweepError(f"task.model: the per-example rules (conjugate for adaptive optimizers, mcallester) need "
                          f"per-example gradients whose mean is the batch gradient, but the model has "
                          f"{', '.join(found)}; use standard or sqrt, or a model without them")
+
+
+def widest_task(config: Config, first: Task) -> Task:
+    """The task of the sweep's last architecture (the largest value of every swept axis, which are
+    sorted): what CUDA chunk sizes must fit. `first` when no architecture axis is swept."""
+    variants = config.task_variants()
+    if len(variants) == 1:
+        return first
+    try:
+        return build_task(variants[-1][1])
+    except TaskError as exc:
+        raise SweepError(f"task: {exc}") from None
 
 
 def load_task(config: Config) -> Task:
@@ -291,7 +303,7 @@ def _run_locked(
                 outcome.failures.append(f"trial {trial.trial_id} (lr={trial.lr:g}, B={trial.batch_size}): {result.error}")
             if on_result is not None:
                 on_result(trial, result)
-        if len(store.finished_ids() & {t.trial_id for t in plan.trials}) == len(plan.trials):
+        if max_trials is None:  # every planned trial is recorded now (failed ones too)
             measure_final_noise(config, plan, on_device, store, device)
     except KeyboardInterrupt:
         outcome.interrupted = True
@@ -345,7 +357,8 @@ def measure_final_noise(config: Config, plan: SweepPlan, task: Task, store: Stor
         return 0
     first = config.parameterizations[0]
     smallest = (min(config.sweep.batch_size), min(config.sweep.momentum))
-    candidates = {t.trial_id: t for t in plan.trials if t.task == config.first_task and t.parameterization == first
+    own = task_for(config, config.first_task, first)  # the task the first parameterization's trials train
+    candidates = {t.trial_id: t for t in plan.trials if t.task == own and t.parameterization == first
                   and (t.batch_size, t.momentum) == smallest}
     stored = store.trials_frame(config.metric.name, config.task_axis_defaults()).set_index("trial_id")
     wanted = noise_examples(task, config.noise_scale.examples)
@@ -359,12 +372,15 @@ def measure_final_noise(config: Config, plan: SweepPlan, task: Task, store: Stor
         if done.get(seed) == (trial_id, wanted):
             continue
         try:
-            model, result = trained_model(task, candidates[trial_id], device)
+            trial = candidates[trial_id]
+            model, result = trained_model(task if trial.task == config.first_task else build_task(trial.task),
+                                          trial, device)
             if result.params_sha256 != rows.loc[trial_id, "params_sha256"]:
                 log.warning("noise scale at the end of training of seed %d not measured: trial %s re-trained to "
                             "other weights than recorded", seed, trial_id)
                 continue
             estimate = measure_noise_scale(task, seed, config.noise_scale.examples, device, model=model)
+            # (the noise batch is the first architecture's data, which every architecture shares)
         except Exception as exc:  # a user model may raise anything; the results are recorded already
             log.warning("noise scale at the end of training of seed %d not measured (%s: %s)", seed,
                         type(exc).__name__, exc)

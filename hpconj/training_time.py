@@ -19,7 +19,8 @@ Critical batch size (McCandlish et al. 2018). Steps and examples to a fixed targ
 S against (1, 1/B), weighted by 1/S² (relative errors), over the batch sizes that reached the
 target; B_crit = E_min/S_min, with the interval of the same fit on each bootstrap resample.
 Beside it, B_noise from the final optima: lr*(B) = lr_max/(1 + B_noise/B) fitted to the interior
-optima in log2 lr (a grid search over log2 B_noise, lr_max in closed form for each).
+optima of the `standard` parameterization (the law is one of the per-step lr) in log2 lr (a grid
+search over log2 B_noise, lr_max in closed form for each); every rule's row reports that value.
 """
 from __future__ import annotations
 
@@ -197,7 +198,10 @@ def critical_batch(target_table: pd.DataFrame, samples: dict[tuple, np.ndarray],
                 intervals = {"s": _interval(fits[:, 0], s_min), "e": _interval(fits[:, 1], e_min),
                              "b": _interval(fits[:, 1] / fits[:, 0], b_crit)}
         where = dict(zip(groups, at if isinstance(at, tuple) else (at,)))
-        mask = np.logical_and.reduce([final_optima[k] == v for k, v in where.items() if k in final_optima])
+        # lr*(B) = lr_max/(1 + B_noise/B) is a law of the native (per-step) lr: the standard
+        # parameterization's, so every rule of the row is set beside the same B_noise
+        mask = np.logical_and.reduce([final_optima[k] == (v if k != "parameterization" else "standard")
+                                      for k, v in where.items() if k in final_optima])
         chosen = final_optima[mask & ~final_optima["at_edge"]] if len(final_optima) else final_optima
         b_noise = (fit_noise_batch(chosen["batch_size"].to_numpy(dtype=float), chosen["log2_lr_opt"].to_numpy())
                    if len(chosen) else math.nan)

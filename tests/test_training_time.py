@@ -30,7 +30,9 @@ def test_checkpoint_steps_are_octave_spaced_shares_of_the_budget(write_config):
     config = load_config(write_config(budget={"_replace": True, "steps": 100, "checkpoints": 4}))
     assert config.budget.checkpoint_fractions() == [0.125, 0.25, 0.5, 1.0]
     assert checkpoint_steps(config.budget, 100) == {12: 0.125, 25: 0.25, 50: 0.5, 100: 1.0}
-    assert checkpoint_steps(config.budget, 3) == {1: 0.125, 2: 0.5, 3: 1.0}  # shares that round together: the first
+    # a share whose step cannot stand within a quarter octave of it is left out; the whole budget never is
+    assert checkpoint_steps(config.budget, 3) == {3: 1.0}
+    assert checkpoint_steps(config.budget, 22) == {3: 0.125, 6: 0.25, 11: 0.5, 22: 1.0}
     explicit = load_config(write_config(budget={"_replace": True, "steps": 10, "checkpoints": [0.5, 0.1]}))
     assert explicit.budget.checkpoint_fractions() == [0.1, 0.5]
     plain = load_config(write_config())
@@ -207,3 +209,44 @@ def test_check_rederives_the_tables_over_time(write_config, tmp_path):
     assert run_here("check", str(out), "--integrity").returncode == 0  # the hashes agree...
     forged = run_here("check", str(out), "--trials", "1")
     assert forged.returncode == 1 and "time_to_target.csv" in forged.stdout  # ...the numbers do not
+
+
+def test_check_catches_forged_shifts_over_time_and_checkpoint_shares(write_config, tmp_path):
+    from hpconj.folder import record_hashes
+
+    out = tmp_path / "forged2"
+    small = {**QUADRATIC, "seeds": 2, "sweep": {**QUADRATIC["sweep"], "batch_size": [4, 32]}}
+    assert run_here("sweep", str(write_config(**small)), "--out", str(out), "--quiet").returncode == 0
+    assert run_here("plot", str(out)).returncode == 0
+    shifts = pd.read_csv(out / "shifts_over_time.csv")
+    shifts.loc[shifts["axis"] == "checkpoint", "slope"] += 5.0
+    shifts.to_csv(out / "shifts_over_time.csv", index=False)
+    record_hashes(out, ["shifts_over_time.csv"])
+    forged = run_here("check", str(out), "--trials", "1")
+    assert forged.returncode == 1 and "shifts_over_time.csv" in forged.stdout
+    assert run_here("plot", str(out)).returncode == 0  # the analysis written again from the records
+    marks = pd.read_csv(out / "checkpoints.csv")
+    first = marks["trial_id"].iloc[0]
+    marks.loc[marks["trial_id"] == first, "fraction"] = marks.loc[marks["trial_id"] == first, "fraction"][::-1].to_numpy()
+    marks.to_csv(out / "checkpoints.csv", index=False)
+    record_hashes(out, ["checkpoints.csv"])
+    swapped = run_here("check", str(out), "--trials", "all")
+    assert swapped.returncode == 1 and "checkpoints.csv" in swapped.stdout
+    doubled = pd.concat([marks, marks.iloc[:1]])
+    doubled.to_csv(out / "checkpoints.csv", index=False)
+    record_hashes(out, ["checkpoints.csv"])
+    twice = run_here("check", str(out), "--trials", "all")
+    assert twice.returncode == 2 and "appears more than once" in twice.stderr and "Traceback" not in twice.stderr
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"optimizer": ["momentum"]}, "optimizer"),
+    ({"task": {"mup_base_width": 16}}, "task.mup_base_width"),
+    ({"budget": {"_replace": True, "steps": 10, "checkpoints": []}}, "budget.checkpoints"),
+])
+def test_new_keys_are_refused_in_one_line(write_config, changes, words):
+    from hpconj.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(**changes))
+    assert len(str(info.value).splitlines()) == 1 and words in str(info.value)

@@ -369,9 +369,25 @@ class Budget(Record):
     epochs: float | None = Field(None, gt=0)
     examples: int | None = Field(None, gt=0)
     steps: int | None = Field(None, gt=0)
-    checkpoints: Annotated[int, Field(ge=1, le=64, strict=True)] | list[
-        Annotated[float, Field(gt=0, le=1)]] | None = None
+    checkpoints: int | list[float] | None = None
     _omit_at_default: ClassVar[tuple[str, ...]] = ("checkpoints",)
+
+    @field_validator("checkpoints", mode="before")
+    @classmethod
+    def _checkpoints(cls, value: Any) -> Any:
+        """A count from 1 to 64, or a non-empty list of shares in (0, 1]: one message for anything else."""
+        usage = "must be a count from 1 to 64 or a non-empty list of shares in (0, 1]"
+        if value is None:
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, list)):
+            raise ValueError(f"{usage}, got {value!r}")
+        if isinstance(value, int):
+            if not 1 <= value <= 64:
+                raise ValueError(f"{usage}, got {value}")
+            return value
+        if not value or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1 for v in value):
+            raise ValueError(f"{usage}, got {value!r}")
+        return [float(v) for v in value]
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Budget:
@@ -450,7 +466,7 @@ class Config(_ConfigWithSettings):  # type: ignore[valid-type, misc]
     def _optimizer_defaults(cls, data: Any) -> Any:
         """Resolve the active optimizer's settings block and its default momentum axis, so that the
         stored config states every value a trial used."""
-        if not isinstance(data, dict) or data.get("optimizer") not in OPTIMIZERS:
+        if not isinstance(data, dict) or not isinstance(data.get("optimizer"), str) or data["optimizer"] not in OPTIMIZERS:
             return data
         entry = OPTIMIZERS[data["optimizer"]]
         data = dict(data)
@@ -508,6 +524,9 @@ class Config(_ConfigWithSettings):  # type: ignore[valid-type, misc]
                 raise _keyed("parameterizations", self._undefined(name))
         for key, reason in entry.check(self) if entry.check is not None else []:
             raise _keyed(key, reason)
+        if getattr(self.task, "mup_base_width", None) is not None:
+            raise _keyed("task.mup_base_width", "unknown key: μP is the parameterization `mup` (parameterizations: "
+                         "[standard, mup], with base_width)")
         if "mup" in self.parameterizations:
             self._check_mup()
         for axis in self.sweep.task_axes():
@@ -536,8 +555,8 @@ class Config(_ConfigWithSettings):  # type: ignore[valid-type, misc]
             raise _keyed("parameterizations", f"mup is defined for the built-in mlp, not for the {self.task.model} "
                          "model")
         if min(self.sweep.depth or [self.task.depth]) < 1:
-            raise _keyed("task.depth", "mup needs at least one hidden layer (depth ≥ 1): its multipliers act on "
-                         "the layers whose size grows with width")
+            raise _keyed("sweep.depth" if self.sweep.depth else "task.depth", "mup needs at least one hidden layer "
+                         "(depth ≥ 1): its multipliers act on the layers whose size grows with width")
 
     @property
     def mup_base_width(self) -> int:

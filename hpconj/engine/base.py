@@ -69,12 +69,19 @@ def curve_steps(steps: int) -> set[int]:
     return set(range(0, steps + 1, every)) | {steps}
 
 
+SHARE_TOLERANCE = 2 ** 0.25  # a checkpoint's step may stand for its share within a quarter octave
+
+
 def checkpoint_steps(budget: Budget, steps: int) -> dict[int, float]:
-    """step → the share of the budget it stands for: round(share · steps), at least 1; where two
-    shares round to one step, the smaller share names it."""
+    """step → the share of the budget it stands for: round(share · steps), kept only where
+    step/steps is within a quarter octave of the share (a run too short for it has no such
+    checkpoint, so that every batch size's checkpoint of one share stands at the same point of
+    training); the whole budget (share 1) is always its last step."""
     out: dict[int, float] = {}
     for fraction in budget.checkpoint_fractions():
-        out.setdefault(max(1, round(fraction * steps)), fraction)
+        step = round(fraction * steps)
+        if fraction == 1.0 or (step >= 1 and 1 / SHARE_TOLERANCE <= step / (fraction * steps) <= SHARE_TOLERANCE):
+            out.setdefault(steps if fraction == 1.0 else step, fraction)
     return out
 
 

@@ -199,11 +199,15 @@ def _train_stack(task: Task, trials: list[Trial], device: torch.device) -> Itera
             if len(live.trials) < before:
                 batches.select(live.trials)
         if step in marks and step < steps and live.trials:
-            before = len(live.trials)
+            before = [t.trial_id for t in live.trials]
             yield from _checkpoint(task, live, base, layers, marks[step], step, batch_size, clock)
             if not live.trials:
                 return
-            if len(live.trials) < before:
+            if len(live.trials) < len(before):  # a user model that raised: its rows leave the pending losses too
+                index = {trial_id: i for i, trial_id in enumerate(before)}
+                rows = torch.tensor([index[t.trial_id] for t in live.trials], dtype=torch.int64,
+                                    device=history[0].device if history else None)
+                history = [losses.index_select(0, rows) for losses in history]
                 batches.select(live.trials)
     yield from _finish(task, live, base, layers, steps, batch_size, clock, marks)
 
