@@ -126,17 +126,20 @@ class Bootstrap:
         rng = np.random.default_rng(rng_seed)
         return cls(np.sort(seeds), rng.integers(0, len(seeds), size=(n, len(seeds))))
 
-    def optima(self, x: np.ndarray, seeds: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """x* of every resample of one slice ([B_BOOT]; NaN where a resample has no finite point)."""
+    def means(self, seeds: np.ndarray, values: np.ndarray) -> np.ndarray | None:
+        """The seed means of one slice's values [S, ...] in every resample ([B_BOOT, ...]); None when
+        the slice lacks some of the resampled seeds."""
         row = {s: i for i, s in enumerate(seeds)}
         index = np.array([row.get(s, -1) for s in self.seeds])
-        if (index < 0).any():  # this slice lacks some seeds: resample its own
+        return None if (index < 0).any() else _seed_mean(values[index[self.draws]])
+
+    def optima(self, x: np.ndarray, seeds: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """x* of every resample of one slice ([B_BOOT]; NaN where a resample has no finite point)."""
+        means = self.means(seeds, values)
+        if means is None:  # this slice lacks some seeds: resample its own
             rng = np.random.default_rng(BOOT_SEED)
             draws = rng.integers(0, len(seeds), size=self.draws.shape[0] * len(seeds)).reshape(-1, len(seeds))
-            resampled = values[draws]
-        else:
-            resampled = values[index[self.draws]]
-        means = _seed_mean(resampled)
+            means = _seed_mean(values[draws])
         return np.array([refine(x, m)[0] for m in means])
 
 

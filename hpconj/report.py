@@ -358,26 +358,25 @@ def noise_markdown(frames: Frames) -> list[str]:
              "means.", ""]
     batch_sizes = sorted(float(b) for b in frames.optima["batch_size"].unique()) if not frames.optima.empty else []
     lines += [noise_sentence(noise, batch_sizes), ""]
-    lines.append("| seed | examples | tr Σ | \\|G\\|² | B_simple |")
-    lines.append("|---|---:|---:|---:|---:|")
-    for _, r in noise.iterrows():
-        seed = "mean" if r["row"] == "mean" else str(r["seed"])
-        examples = "" if pd.isna(r["examples"]) else str(r["examples"])
-        lines.append(f"| {seed} | {examples} | {r['trace_sigma']:.4g} | {r['grad_norm_sq']:.4g} | "
-                     f"{noise_scale_text(r['b_simple'])} |")
+    lines += _noise_table(noise)
     end = frames.noise_end
     if end is not None and not end.empty:
         lines += ["", f"At the end of training (on the final model of each seed's best trial at the smallest batch "
                       f"size and momentum of the first parameterization; the noise scale grows as the loss falls): "
                       f"B_simple ≈ {noise_scale_text(mean_noise_scale(end))}, against "
                       f"{noise_scale_text(mean_noise_scale(noise))} at initialisation.", ""]
-        lines.append("| seed | examples | tr Σ | \\|G\\|² | B_simple |")
-        lines.append("|---|---:|---:|---:|---:|")
-        for _, r in end.iterrows():
-            seed = "mean" if r["row"] == "mean" else str(r["seed"])
-            examples = "" if pd.isna(r["examples"]) else str(r["examples"])
-            lines.append(f"| {seed} | {examples} | {r['trace_sigma']:.4g} | {r['grad_norm_sq']:.4g} | "
-                         f"{noise_scale_text(r['b_simple'])} |")
+        lines += _noise_table(end)
+    return lines
+
+
+def _noise_table(summary: pd.DataFrame) -> list[str]:
+    """analysis.noise_summary as a Markdown table: a row per seed and the mean."""
+    lines = ["| seed | examples | tr Σ | \\|G\\|² | B_simple |", "|---|---:|---:|---:|---:|"]
+    for _, r in summary.iterrows():
+        seed = "mean" if r["row"] == "mean" else str(r["seed"])
+        examples = "" if pd.isna(r["examples"]) else str(r["examples"])
+        lines.append(f"| {seed} | {examples} | {r['trace_sigma']:.4g} | {r['grad_norm_sq']:.4g} | "
+                     f"{noise_scale_text(r['b_simple'])} |")
     return lines
 
 

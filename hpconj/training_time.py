@@ -112,12 +112,9 @@ def _slice_time(group: pd.DataFrame, target: float, boot: Bootstrap | None) -> t
     if boot is not None and len(group["seed"].unique()) > 1:
         draws = []
         for examples, seeds, values in per_lr:
-            row = {s: i for i, s in enumerate(seeds)}
-            index = np.array([row.get(s, -1) for s in boot.seeds])
-            if (index < 0).any():
-                continue
-            means = _seed_mean(values[index[boot.draws]])  # [B_BOOT, checkpoints]
-            draws.append([_crossing(examples, m, target)[0] for m in means])
+            means = boot.means(seeds, values)  # [B_BOOT, checkpoints]
+            if means is not None:
+                draws.append([_crossing(examples, m, target)[0] for m in means])
         if draws:
             samples = np.min(np.array(draws), axis=0)
     return best, best_lr, bound, samples
@@ -266,10 +263,9 @@ def best_momentum(trials: pd.DataFrame, final_optima: pd.DataFrame) -> pd.DataFr
         betas = group["momentum"].to_numpy(dtype=float)
         resampled = []
         for _, row in group.iterrows():
-            x, seeds, values = matrices[tuple(row[k] for k in order)]
-            index = {s: i for i, s in enumerate(seeds)}
-            picks = np.array([index.get(s, -1) for s in boot.seeds])
-            means = _seed_mean(values[picks[boot.draws]]) if (picks >= 0).all() else np.full((len(boot.draws), 1), np.inf)
+            _, seeds, values = matrices[tuple(row[k] for k in order)]
+            means = boot.means(seeds, values)
+            means = np.full((len(boot.draws), 1), np.inf) if means is None else means
             resampled.append(np.min(np.where(np.isfinite(means), means, np.inf), axis=1))
         winners = betas[np.argmin(np.array(resampled), axis=0)]
         share = float(np.mean(winners == float(best["momentum"])))
