@@ -30,6 +30,7 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/engine.py
 	$(BIN)/python benchmarks/gemm_ceiling.py
+	$(BIN)/python benchmarks/search.py
 
 clean:
 	rm -rf $(VENV) results/quickstart

@@ -157,6 +157,8 @@ def sweep(
         raise BadInput(str(exc)) from exc
     if not quiet:
         print_summary(out, folder, config, outcome)
+    for line in outcome.stopped:
+        err.print(f"[yellow]search limit:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
     if outcome.interrupted:
         err.print(f"interrupted: {outcome.ran} trials recorded this run; run the same command to resume")
         raise typer.Exit(130)
@@ -166,6 +168,16 @@ def sweep(
             " (recorded as failed; they run again on resume)", highlight=False, soft_wrap=True,
         )
         raise typer.Exit(2)
+
+
+def _lr_text(config: Any) -> str:
+    """'23 values, 2^-10.00 .. 2^1.00', or the search (hpconj.search.describe)."""
+    if config.lr_search is not None:
+        from hpconj.search import describe
+
+        return describe(config.lr_search)
+    lrs = config.lrs
+    return f"{len(lrs)} values, 2^{math.log2(lrs[0]):.2f} .. 2^{math.log2(lrs[-1]):.2f}"
 
 
 def _with_device(config: Any, device: str) -> Any:
@@ -191,7 +203,6 @@ def validate(config_path: Path = ConfigArg, debug: bool = DebugOpt) -> None:
         cost = plan.cost
     except SweepTooLarge as exc:  # too large to expand here: what follows is arithmetic on the config
         plan, cost = None, exc.cost
-    lrs = config.lrs
     out.print(f"[green]ok[/green] {config_path}: {config.name}", highlight=False)
     swept = config.sweep.task_axes()
     out.print(f"  task        {task.description}{' (the first architecture)' if swept else ''}", highlight=False)
@@ -201,12 +212,14 @@ def validate(config_path: Path = ConfigArg, debug: bool = DebugOpt) -> None:
     detail = f" ({', '.join(f'{k}={v:g}' for k, v in settings.model_dump().items())})" if settings else ""
     out.print(f"  optimizer   {config.optimizer}{detail}; parameterizations: {', '.join(config.parameterizations)}"
               f" (B_ref = {config.reference_batch_size})", highlight=False)
-    out.print(f"  lr          {len(lrs)} values, 2^{math.log2(lrs[0]):.2f} .. 2^{math.log2(lrs[-1]):.2f}", highlight=False)
+    out.print(f"  lr          {_lr_text(config)}", highlight=False)
     steps = [cost.batch_steps[b] for b in config.sweep.batch_size]
     out.print(f"  batch sizes {_listed(config.sweep.batch_size)} → steps {_listed(steps)}", highlight=False)
     out.print(f"  momentum    {_listed(config.sweep.momentum)}; seeds {_listed(config.seeds)}", highlight=False)
     cohorts = len(plan.cohorts) if plan is not None else len(config.sweep.batch_size)  # one cohort per batch size
-    out.print(f"  {cost.trials:,} trials in {cohorts} cohorts, {cost.steps:,} optimizer steps", highlight=False)
+    about = "about " if config.lr_search is not None and config.lr_search.search == "bracket" else ""
+    out.print(f"  {about}{cost.trials:,} trials in {cohorts} cohorts, {about}{cost.steps:,} optimizer steps",
+              highlight=False)
     out.print(f"  cost        {cost.summary()}", highlight=False)
     if cost.exceeds_limit:
         out.print(f"  [yellow]limit[/yellow]       above {cost.limit_text()}: hpconj sweep will need --yes to run it",

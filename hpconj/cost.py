@@ -97,14 +97,18 @@ class SweepCost:
 
 def trials_per_batch_size(config: Config) -> int:
     """Trials sharing one batch size: architectures (the swept task axes' combinations) ×
-    parameterizations × momenta × seeds × learning rates."""
+    parameterizations × momenta × seeds × learning rates (for a bracket search, about how many it
+    takes: hpconj.search.expected_lrs)."""
+    from hpconj.search import expected_lrs
+
     architectures = math.prod(len(values) for values in config.sweep.task_axes().values())
-    return (architectures * len(config.parameterizations) * len(config.sweep.momentum) * len(config.seeds)
-            * len(config.lrs))
+    lrs = len(config.lrs) if config.lr_search is None else expected_lrs(config.lr_search)
+    return architectures * len(config.parameterizations) * len(config.sweep.momentum) * len(config.seeds) * lrs
 
 
 def trial_count(config: Config) -> int:
-    """len(expand_trials(config)), without expanding: the product of the axes' lengths."""
+    """len(expand_trials(config)), without expanding: the product of the axes' lengths (about as
+    many as a search takes)."""
     return len(config.sweep.batch_size) * trials_per_batch_size(config)
 
 

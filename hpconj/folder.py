@@ -425,7 +425,7 @@ def record_problems(folder: Path, manifest: dict[str, Any], trials: pd.DataFrame
         problems.append(f"trials.csv: {doubled} trial ids appear more than once")
     _, foreign, missing = trial_set(config, trials)
     if foreign:
-        problems.append(f"trials.csv: {len(foreign)} trials not produced by the stored config.yaml (was it edited?)")
+        problems.append(f"trials.csv: {len(foreign)} trials {not_planned(config)}")
     if missing and manifest.get("status") == "complete":
         problems.append(f"trials.csv: {len(missing)} trials of the stored config are missing from a complete sweep")
     return problems
@@ -434,19 +434,31 @@ def record_problems(folder: Path, manifest: dict[str, Any], trials: pd.DataFrame
 def trial_set(config: Any, stored: pd.DataFrame) -> tuple[dict[str, Any], list[str], list[str]]:
     """(the config's trials by id, stored ids it does not produce, planned ids not stored).
 
-    Trials of lr values or seeds no longer in the grid are still the experiment's when their own
-    fields rebuild their id under the stored config.
+    A grid: trials of lr values or seeds no longer in the grid are still the experiment's when their
+    own fields rebuild their id under the stored config. A search: the planned trials are its path
+    re-derived from the stored results (hpconj.search), and a stored trial off that path is foreign.
     """
-    from hpconj.trials import expand_trials
+    from hpconj.records import DONE_STATUSES
+    from hpconj.search import planned_trials
 
-    expanded = expand_trials(config)
-    planned = {t.trial_id: t for t in expanded}
-    for _, row in stored[~stored["trial_id"].isin(planned)].iterrows():
-        trial = rebuild_trial(config, row)
-        if trial.trial_id == row["trial_id"]:
-            planned[trial.trial_id] = trial
+    done = stored[stored["status"].isin(DONE_STATUSES)]
+    plan = planned_trials(config, dict(zip(done["trial_id"], done["metric"].astype(float))))
+    planned = {t.trial_id: t for t in plan.trials}
+    if config.lr_search is None:
+        for _, row in stored[~stored["trial_id"].isin(planned)].iterrows():
+            trial = rebuild_trial(config, row)
+            if trial.trial_id == row["trial_id"]:
+                planned[trial.trial_id] = trial
     present = set(stored["trial_id"])
-    return planned, sorted(present - set(planned)), sorted({t.trial_id for t in expanded} - present)
+    return planned, sorted(present - set(planned)), sorted({t.trial_id for t in plan.pending} - present)
+
+
+def not_planned(config: Any) -> str:
+    """What a foreign trial is, in words: off a search's re-derived path, or not of the config's grid."""
+    search = config.lr_search
+    if search is not None:
+        return f"not on the path of the {search.search} search that the stored results give (added or edited?)"
+    return "not produced by the stored config.yaml (was it edited?)"
 
 
 def rebuild_trial(config: Any, row: pd.Series) -> Any:

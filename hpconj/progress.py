@@ -54,7 +54,11 @@ class SweepProgress:
         self.progress.__exit__(kind, exc, tb)
 
     def start(self, total: int, already_done: int) -> None:
-        self.task_id = self.progress.add_task("sweep", total=total, completed=already_done, diverged=0, failed=0)
+        """Called again by a search after each round, with the total it plans by then."""
+        if self.task_id is None:
+            self.task_id = self.progress.add_task("sweep", total=total, completed=already_done, diverged=0, failed=0)
+        else:
+            self.progress.update(self.task_id, total=total)
 
     def advance(self, trial: Trial, result: TrialResult) -> None:
         self.diverged += result.status == DIVERGED

@@ -33,7 +33,7 @@ from hpconj.folder import (BEST_MOMENTUM_FILE, CHECKPOINT_REQUIRED, CHECKPOINTS_
                            SHIFTS_TIME_FILE, SUMMARY_FILE, TARGET_FILE, TRIALS_FILE, FolderError, read_config_data, read_manifest,
                            read_optional, read_trials, record_hashes, record_problems, refuse_if_busy, write_atomic,
                            writer_lock)
-from hpconj.records import OK
+from hpconj.records import DONE_STATUSES, OK
 from hpconj.training_time import (best_momentum, checkpoint_trials, conjugacy_flags, critical_batch,
                                   critical_sentences, default_target, fastest_batch, optima_over_time, time_to_target)
 
@@ -70,6 +70,7 @@ class Frames:
     critical: pd.DataFrame = field(default_factory=pd.DataFrame)
     best_momentum: pd.DataFrame = field(default_factory=pd.DataFrame)  # with more than one momentum
     noise_end: pd.DataFrame = field(default_factory=pd.DataFrame)  # noise_summary at the end of training
+    search: tuple[str, ...] = ()  # how a searched sweep chose its lrs (search_lines)
 
 
 def result_folders(paths: list[Path]) -> list[Path]:
@@ -161,6 +162,30 @@ def describe(config: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def search_lines(results: Results) -> tuple[str, ...]:
+    """How the lrs were chosen, for summary.md: the grid, or the search with its trials per slice and
+    the slices a limit stopped (hpconj.search, re-derived from the stored results)."""
+    lr = results.config.get("sweep", {}).get("lr", {})
+    if not isinstance(lr, dict) or "search" not in lr:
+        return ()
+    from hpconj.config import ConfigError, config_from_dict
+    from hpconj.search import describe as describe_search, planned_trials
+
+    try:
+        config = config_from_dict(results.config)
+    except ConfigError:
+        return ()
+    done = results.trials[results.trials["status"].isin(DONE_STATUSES)]
+    plan = planned_trials(config, dict(zip(done["trial_id"], done["metric"].astype(float))))
+    slices = results.trials.groupby(slice_keys(results.trials))["lr"].nunique()
+    lines = [f"Learning rates: {describe_search(config.lr_search)}. {len(results.trials):,} trials; "
+             f"{slices.mean():.1f} lrs per slice on average ({slices.min()}–{slices.max()}), in up to {plan.rounds} "
+             "rounds. The optimum of a slice is estimated from its own lrs as from a grid's."]
+    if plan.stopped:
+        lines.append("A limit stopped the search of " + "; ".join(plan.stopped) + ".")
+    return tuple(lines)
+
+
 def analyse(results: Results) -> Frames:
     trials = results.trials
     curve_frame = slice_curves(trials)
@@ -168,7 +193,8 @@ def analyse(results: Results) -> Frames:
     shift = shifts(trials, optimum)
     frames = Frames(curve_frame, optimum, shift, training_at_optimum(trials, results.curves, optimum),
                     describe(results.config), noise_summary(results.noise), results.warnings,
-                    best_momentum=best_momentum(trials, optimum), noise_end=noise_summary(results.noise_end))
+                    best_momentum=best_momentum(trials, optimum), noise_end=noise_summary(results.noise_end),
+                    search=search_lines(results))
     if not results.checkpoints.empty:
         frames = replace(frames, **over_time(results, optimum))
     flags = conjugacy_flags(optimum, trials, frames.critical)
@@ -221,6 +247,8 @@ def summary_markdown(frames: Frames) -> str:
         lines += ["> **Unverified results.** These tables were computed with --accept-unverified from records that "
                   "do not match manifest.json:", ">"]
         lines += [f"> - {w}" for w in frames.warnings] + [""]
+    for sentence in frames.search:
+        lines += [sentence, ""]
     for sentence in shift_sentences(frames.shifts, frames.optima):
         lines += [sentence, ""]
     lines += ["## Optima", "", "lr* is sub-grid (parabola in log2 lr); [lo, hi] a 95% bootstrap interval over seeds; "

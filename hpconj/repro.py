@@ -32,8 +32,7 @@ from hpconj.config import Config, config_from_dict
 from hpconj.engine.base import tensors_digest
 from hpconj.folder import (BEST_MOMENTUM_FILE, CHECKPOINT_REQUIRED, CHECKPOINTS_FILE, CONFIG_FILE, CRITICAL_FILE,
                            CURVES_FILE, CURVE_REQUIRED, OPTIMA_FILE, OPTIMA_TIME_FILE, SHIFTS_FILE, SHIFTS_TIME_FILE,
-                           TARGET_FILE,
-                           TRIALS_FILE, FolderError, read_config_data, read_optional,
+                           TARGET_FILE, TRIALS_FILE, FolderError, not_planned, read_config_data, read_optional,
                            read_table, read_trials, sha256_file, trial_set)
 from hpconj.folder import read_manifest as folder_manifest
 from hpconj.records import DIVERGED, OK
@@ -233,8 +232,7 @@ def compare_ids(config: Config, stored: pd.DataFrame, report: CheckReport, folde
     """Every stored trial must be one the stored config asks for, and none may be missing."""
     planned, foreign, missing = trial_set(config, stored)
     if foreign:
-        report.add(CONFIG_FILE, "trial ids", f"{len(foreign)} trials of {TRIALS_FILE}",
-                   "not produced by the stored config (was it edited?)")
+        report.add(CONFIG_FILE, "trial ids", f"{len(foreign)} trials of {TRIALS_FILE}", not_planned(config))
     for trial_id in missing:
         report.add(f"{TRIALS_FILE} trial {trial_id}", "row", "expected by the config", "missing")
     return planned

@@ -27,19 +27,20 @@ from torch import nn
 import yaml
 
 import hpconj
-from hpconj.config import Config
+from hpconj.config import Config, experiment_view
 from hpconj.engine import TrialResult
 from hpconj.folder import (CONFIG_FILE, INPUT_FILES, MANIFEST, STORE_FILES, FolderError, check_writable_here,
                            read_manifest, record_hashes, remove_analysis, write_atomic, writer_lock)
 from hpconj.noise import measure_noise_scale, noise_examples
 from hpconj.optim import OPTIMIZERS
 from hpconj.engine.reference import trained_model
-from hpconj.records import FAILED, OK
+from hpconj.records import DONE_STATUSES, FAILED, OK
 from hpconj.repro import arithmetic_fingerprint
 from hpconj.store import Store, StoreError, export_checkpoints_csv, export_csv, export_noise_csv
 from hpconj.tasks import Task, TaskError, build_task
-from hpconj.trials import Cohort, Trial, expand_trials, group_cohorts, task_for
-from hpconj.workers import Executor, apply_determinism, split_units
+from hpconj.search import SearchPlan, planned_trials
+from hpconj.trials import Cohort, Trial, group_cohorts, task_for
+from hpconj.workers import Executor, apply_determinism, split_units, torch_threads
 
 
 log = logging.getLogger("hpconj")
@@ -79,6 +80,7 @@ class SweepOutcome:
     counts: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     interrupted: bool = False
+    stopped: list[str] = field(default_factory=list)  # slices whose lr search a limit stopped (hpconj.search)
 
 
 def plan_sweep(config: Config, task: Task, *, yes: bool = False) -> SweepPlan:
@@ -111,7 +113,7 @@ def plan_sweep(config: Config, task: Task, *, yes: bool = False) -> SweepPlan:
         cost = estimate_cost(config, task, steps)
         if cost.exceeds_limit:
             raise SweepTooLarge(cost)
-    trials = expand_trials(config)
+    trials = planned_trials(config, {}).trials  # a search: its first round
     if any(t.native.per_example for t in trials):
         check_per_example_model(task)
     return SweepPlan(config, trials, group_cohorts(trials), steps, cost)
@@ -220,15 +222,18 @@ def _claimed_key(folder: Path) -> str | None:
         return None
 
 
-def config_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
-    """The first key path whose value differs (ignoring what a folder may add: lr, seeds)."""
+def config_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """The first key path whose value differs between two canonical configs' experiments
+    (hpconj.config.experiment_view: not the lr grid, seeds, name, device, ...)."""
+    return _first_difference(experiment_view(old), experiment_view(new))
+
+
+def _first_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
     for key in sorted(set(old) | set(new)):
         path = f"{prefix}{key}"
-        if path in ("sweep.lr", "seeds", "name", "device", "executor", "noise_scale"):
-            continue
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            found = config_difference(a, b, path + ".")
+            found = _first_difference(a, b, path + ".")
             if found:
                 return found
         elif a != b:
@@ -279,32 +284,33 @@ def _run_locked(
     config = plan.config
     store = open_results(config, folder, fresh)
     started = _now()
-    done = store.finished_ids()
-    todo = [t for t in plan.trials if t.trial_id not in done]
-    if max_trials is not None:
-        todo = todo[:max_trials]
-    outcome = SweepOutcome(folder, total=len(plan.trials), skipped=sum(1 for t in plan.trials if t.trial_id in done))
-    if todo:
-        remove_analysis(folder)  # stale once new trials land: run hpconj plot again
-    units = split_units(plan.cohorts, {t.trial_id for t in todo}, executor.chunk_size, executor.resources.workers)
-    by_id = {t.trial_id: t for t in todo}
+    planned = planned_trials(config, recorded_results(store, config))
+    outcome = SweepOutcome(folder, total=len(planned.trials), skipped=len(planned.trials) - len(planned.pending))
+    attempted: set[str] = set()
     write_atomic(folder / CONFIG_FILE, yaml.safe_dump(config.canonical(), sort_keys=False))
-    write_manifest(folder, config, store, executor, device, started, None, "running")
+    write_manifest(folder, config, store, executor, device, started, None, "running", planned)
     on_device = task.to(device)
     if on_start is not None:
-        on_start(len(plan.trials), outcome.skipped)
+        on_start(len(planned.trials), outcome.skipped)
     try:
         measure_noise(config, on_device, store, device)  # a new estimate shows after the next `hpconj plot`
-        for result in executor.run(on_device, config.first_task, units, device):
-            trial = by_id[result.trial_id]
-            store.record(trial, result, executor.engine_name, str(device))
-            outcome.ran += 1
-            if result.status == FAILED:
-                outcome.failures.append(f"trial {trial.trial_id} (lr={trial.lr:g}, B={trial.batch_size}): {result.error}")
-            if on_result is not None:
-                on_result(trial, result)
-        if max_trials is None:  # every planned trial is recorded now (failed ones too)
-            measure_final_noise(config, plan, on_device, store, device)
+        while True:  # one pass for a grid; one round of every slice at a time for a search
+            todo = [t for t in planned.pending if t.trial_id not in attempted]
+            if max_trials is not None:
+                todo = todo[: max(0, max_trials - outcome.ran)]
+            if not todo:
+                break
+            if not attempted:
+                remove_analysis(folder)  # stale once new trials land: run hpconj plot again
+            attempted |= {t.trial_id for t in todo}
+            _run_trials(todo, config, on_device, store, executor, device, outcome, on_result)
+            planned = planned_trials(config, recorded_results(store, config))
+            outcome.total = len(planned.trials)
+            if on_start is not None:
+                on_start(outcome.total, outcome.skipped)
+        outcome.stopped = planned.stopped
+        if not planned.pending and max_trials is None:  # every planned trial is recorded now
+            measure_final_noise(config, planned.trials, on_device, store, device, executor.resources.threads)
     except KeyboardInterrupt:
         outcome.interrupted = True
     finally:
@@ -312,13 +318,37 @@ def _run_locked(
         export_csv(store, folder, config.metric.name, config.task_axis_defaults())
         export_noise_csv(store, folder)
         export_checkpoints_csv(store, folder)
-        finished = len(store.finished_ids() & {t.trial_id for t in plan.trials})
-        status = "interrupted" if outcome.interrupted else ("complete" if finished == len(plan.trials) else "partial")
-        write_manifest(folder, config, store, executor, device, started, _now(), status)
+        status = "interrupted" if outcome.interrupted else ("complete" if not planned.pending else "partial")
+        write_manifest(folder, config, store, executor, device, started, _now(), status, planned)
         present = [name for name in INPUT_FILES if (folder / name).is_file()]
         record_hashes(folder, present, forget=set(INPUT_FILES) - set(present))
         store.close()
     return outcome
+
+
+def _run_trials(todo: list[Trial], config: Config, task: Task, store: Store, executor: Executor,
+                device: torch.device, outcome: SweepOutcome, on_result: Callable[[Trial, TrialResult], None] | None,
+                ) -> None:
+    """Train `todo` (cohorts by task and batch size, cut into work units) and record each result."""
+    units = split_units(group_cohorts(todo), {t.trial_id for t in todo}, executor.chunk_size,
+                        executor.resources.workers)
+    by_id = {t.trial_id: t for t in todo}
+    for result in executor.run(task, config.first_task, units, device):
+        trial = by_id[result.trial_id]
+        store.record(trial, result, executor.engine_name, str(device))
+        outcome.ran += 1
+        if result.status == FAILED:
+            outcome.failures.append(f"trial {trial.trial_id} (lr={trial.lr:g}, B={trial.batch_size}): {result.error}")
+        if on_result is not None:
+            on_result(trial, result)
+
+
+def recorded_results(store: Store, config: Config) -> dict[str, float]:
+    """Trial id → final metric (+inf when diverged) of every trial recorded ok or diverged: what a
+    search plans its next round from (hpconj.search)."""
+    frame = store.trials_frame(config.metric.name, config.task_axis_defaults())
+    done = frame[frame["status"].isin(DONE_STATUSES)]
+    return dict(zip(done["trial_id"], done["metric"].astype(float)))
 
 
 def measure_noise(config: Config, task: Task, store: Store, device: torch.device) -> int:
@@ -347,7 +377,8 @@ def measure_noise(config: Config, task: Task, store: Store, device: torch.device
     return recorded
 
 
-def measure_final_noise(config: Config, plan: SweepPlan, task: Task, store: Store, device: torch.device) -> int:
+def measure_final_noise(config: Config, trials: list[Trial], task: Task, store: Store, device: torch.device,
+                        threads: int) -> int:
     """B_simple at the end of training, per seed, on one trial's final model (the noise scale grows
     as the loss falls): of the sweep's first architecture and parameterization, its smallest batch
     size and momentum, the lr whose trial of that seed ended lowest. The reference engine trains it
@@ -358,7 +389,7 @@ def measure_final_noise(config: Config, plan: SweepPlan, task: Task, store: Stor
     first = config.parameterizations[0]
     smallest = (min(config.sweep.batch_size), min(config.sweep.momentum))
     own = task_for(config, config.first_task, first)  # the task the first parameterization's trials train
-    candidates = {t.trial_id: t for t in plan.trials if t.task == own and t.parameterization == first
+    candidates = {t.trial_id: t for t in trials if t.task == own and t.parameterization == first
                   and (t.batch_size, t.momentum) == smallest}
     stored = store.trials_frame(config.metric.name, config.task_axis_defaults()).set_index("trial_id")
     wanted = noise_examples(task, config.noise_scale.examples)
@@ -373,8 +404,9 @@ def measure_final_noise(config: Config, plan: SweepPlan, task: Task, store: Stor
             continue
         try:
             trial = candidates[trial_id]
-            model, result = trained_model(task if trial.task == config.first_task else build_task(trial.task),
-                                          trial, device)
+            with torch_threads(threads):  # the workers' count: the same bits as the recorded trial
+                model, result = trained_model(task if trial.task == config.first_task else build_task(trial.task),
+                                              trial, device)
             if result.params_sha256 != rows.loc[trial_id, "params_sha256"]:
                 log.warning("noise scale at the end of training of seed %d not measured: trial %s re-trained to "
                             "other weights than recorded", seed, trial_id)
@@ -411,7 +443,7 @@ def git_state(cwd: Path) -> dict[str, Any]:
 
 def write_manifest(
     folder: Path, config: Config, store: Store, executor: Executor, device: torch.device,
-    started: str, ended: str | None, status: str,
+    started: str, ended: str | None, status: str, planned: SearchPlan,
 ) -> None:
     manifest = {
         "hpconj": hpconj.__version__,
@@ -436,7 +468,7 @@ def write_manifest(
         "started": started,
         "ended": ended,
         "status": status,
-        "trials": {"planned": len(expand_trials(config)), **store.counts()},
+        "trials": {"planned": len(planned.trials), **store.counts()},
         "pid": os.getpid(),
     }
     previous = folder / MANIFEST

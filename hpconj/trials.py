@@ -73,19 +73,53 @@ class Cohort:
         return self.trials[0].task
 
 
-def expand_trials(config: Config) -> list[Trial]:
-    """Every trial of the sweep, in a fixed order (architecture, batch size, parameterization, β,
-    seed, lr); the architecture loop is absent when no task axis is swept."""
-    trials = []
+@dataclass(frozen=True)
+class Slice:
+    """Trials that differ only in lr and seed (hpconj.analysis): one architecture, parameterization,
+    batch size and momentum of a config. `trial(lr, seed)` is its trial at that lr and seed."""
+
+    task: TaskSpec = field(repr=False)
+    parameterization: str
+    batch_size: int
+    momentum: float
+    config: Config = field(repr=False, compare=False)
+
+    def trial(self, lr: float, seed: int) -> Trial:
+        config = self.config
+        b_ref = config.reference_batch_size if USES_REFERENCE_BATCH_SIZE[self.parameterization] else None
+        return Trial(self.task, config.optimizer, self.parameterization, lr, self.batch_size, self.momentum, seed,
+                     config.budget, b_ref, config.optimizer_settings)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields its trials share (a trial's identity without lr and seed)."""
+        identity = self.trial(1.0, 0).identity()
+        del identity["lr"], identity["seed"]
+        return identity
+
+    @property
+    def label(self) -> str:
+        """'standard, B=32, β=0.9' (and the architecture axes the config sweeps)."""
+        swept = {a: getattr(self.task, a) for a in self.config.sweep.task_axes()}
+        parts = [f"{a}={v}" for a, v in swept.items()]
+        return ", ".join([self.parameterization, *parts, f"B={self.batch_size}", f"β={self.momentum:g}"])
+
+
+def slices(config: Config) -> list[Slice]:
+    """Every slice of the sweep, in a fixed order (architecture, batch size, parameterization, β)."""
+    out = []
     for _, task in config.task_variants():
         tasks = {param: task_for(config, task, param) for param in config.parameterizations}
-        for batch_size, param, momentum, seed, lr in product(
-            config.sweep.batch_size, config.parameterizations, config.sweep.momentum, config.seeds, config.lrs
-        ):
-            b_ref = config.reference_batch_size if USES_REFERENCE_BATCH_SIZE[param] else None
-            trials.append(Trial(tasks[param], config.optimizer, param, lr, batch_size, momentum, seed, config.budget,
-                                b_ref, config.optimizer_settings))
-    return trials
+        for batch_size, param, momentum in product(config.sweep.batch_size, config.parameterizations,
+                                                   config.sweep.momentum):
+            out.append(Slice(tasks[param], param, batch_size, momentum, config))
+    return out
+
+
+def expand_trials(config: Config) -> list[Trial]:
+    """Every trial of an lr grid, in a fixed order (architecture, batch size, parameterization, β,
+    seed, lr); the architecture loop is absent when no task axis is swept. (A search's trials depend
+    on its results: hpconj.search.planned_trials.)"""
+    return [s.trial(lr, seed) for s in slices(config) for seed in config.seeds for lr in config.lrs]
 
 
 def task_for(config: Config, task: TaskSpec, parameterization: str) -> TaskSpec:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -118,6 +119,19 @@ def prepare_worker(threads: int) -> None:
     if "determinism" not in _PREPARED:
         _PREPARED["determinism"] = apply_determinism()
         retain_freed_memory()
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Torch threads set to `threads` while inside, restored after: a trial trained again outside
+    the workers (hpconj.sweep.measure_final_noise) must use their thread count, since a matrix
+    product may round differently when split over another number of threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def task_on_worker(spec: TaskSpec, device: str) -> tuple[Task, bool]:

@@ -164,10 +164,10 @@ def test_plan_sweep_refuses_before_expanding(write_config, monkeypatch) -> None:
     config = load_config(write_config("huge.yaml", **HUGE))
     task = sweep.load_task(config)
 
-    def no_expansion(_config):
+    def no_expansion(*_args):
         raise AssertionError("a sweep above the limit must be refused before it is expanded")
 
-    monkeypatch.setattr(sweep, "expand_trials", no_expansion)
+    monkeypatch.setattr(sweep, "planned_trials", no_expansion)
     with pytest.raises(sweep.SweepTooLarge) as caught:
         sweep.plan_sweep(config, task)
     assert isinstance(caught.value, sweep.SweepError)  # so the CLI reports it as bad input, exit 2

@@ -12,7 +12,8 @@ import sys
 import pytest
 
 TORCH_FREE = ["hpconj.records", "hpconj.axes", "hpconj.optim", "hpconj.trials", "hpconj.config", "hpconj.parameterizations",
-              "hpconj.folder", "hpconj.store", "hpconj.analysis", "hpconj.training_time", "hpconj.report", "hpconj.plots"]
+              "hpconj.folder", "hpconj.store", "hpconj.analysis", "hpconj.training_time", "hpconj.report", "hpconj.plots",
+              "hpconj.search"]
 
 
 def test_results_side_modules_import_neither_torch_nor_the_engine():

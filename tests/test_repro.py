@@ -18,7 +18,7 @@ from hpconj.repro import (CheckReport, arithmetic_fingerprint, compare_ids, envi
                           load_stored, system_family)
 
 COMMITTED = ["quickstart", "nqm_batch", "mlp_momentum", "adam_batch", "mcallester", "width_mup", "depth_linear",
-             "critical_batch"]
+             "critical_batch", "quickstart_search"]
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +141,14 @@ def test_committed_architecture_results_reproduce_on_a_sample():
         proc = run_here("check", str(ROOT / "results" / "reference" / name), "--trials", share)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "reproduces" in proc.stdout
+
+
+def test_committed_search_results_reproduce_on_a_sample():
+    """A bracket search's path is re-derived from its stored results (every trial explained), and a
+    sample of its trials re-runs."""
+    proc = run_here("check", str(ROOT / "results" / "reference" / "quickstart_search"), "--trials", "5%")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "reproduces" in proc.stdout
 
 
 def test_only_what_decides_the_bits_makes_environments_differ():

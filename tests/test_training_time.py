@@ -21,7 +21,7 @@ from hpconj.tasks.quadratic import expected_excess_loss
 from hpconj.training_time import (_crossing, checkpoint_trials, critical_batch, fit_critical, fit_noise_batch,
                                   optima_over_time, time_to_target)
 from hpconj.trials import expand_trials
-from conftest import run_here
+from conftest import run_cli, run_here
 
 CPU = torch.device("cpu")
 
@@ -250,3 +250,17 @@ def test_new_keys_are_refused_in_one_line(write_config, changes, words):
     with pytest.raises(ConfigError) as info:
         load_config(write_config(**changes))
     assert len(str(info.value).splitlines()) == 1 and words in str(info.value)
+
+
+def test_the_end_retrain_uses_the_workers_thread_count(write_config, tmp_path):
+    """The main process may run with more torch threads than the workers did; the retrain of the
+    digits MLP must still reach the recorded weights (it did not, before it set the workers' count)."""
+    digits = {"task": {"model": "mlp", "width": 64, "depth": 2, "data": "digits", "_replace": True},
+              "parameterizations": ["standard"], "budget": {"epochs": 1},
+              "sweep": {"lr": {"values": [2 ** -3.5, 2 ** -2.5], "_replace": True}, "batch_size": [8],
+                        "momentum": [0.0]}, "seeds": 1}
+    out = tmp_path / "threads"
+    done = run_cli("sweep", str(write_config(**digits)), "--out", str(out), "--workers", "1", "--threads", "1",
+                   "--quiet", env={"OMP_NUM_THREADS": "2"})
+    assert done.returncode == 0 and "re-trained to other weights" not in done.stderr, done.stderr
+    assert len(pd.read_csv(out / "noise_scale_end.csv")) == 1

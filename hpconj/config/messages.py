@@ -9,11 +9,12 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, Tag, ValidationError
 from pydantic.fields import FieldInfo
 
-from hpconj.config.schema import CallableData, Config, LrLog2Range, LrLogRange, LrValues, UserModelTask, _LR_TAGS, _TASK_TAGS
+from hpconj.config.schema import (CallableData, Config, LR_SEARCHES, LrLog2Range, LrLogRange, LrValues, UserModelTask,
+                                  _LR_TAGS, _TASK_TAGS)
 
 
 _DATA_TAGS = ("teacher", "file", "callable", "digits", "mnist1d")
-_LR_KEYS = ("values", "log2_range", "log_range")
+_LR_KEYS = ("values", "log2_range", "log_range", "search")
 _MODEL_CHOICES = "mlp | deep_linear | quadratic | 'package.module:function'"
 
 
@@ -224,6 +225,8 @@ def _describe(error: dict[str, Any]) -> tuple[tuple[Any, ...], str]:
             return loc + ("model",), f"required key is missing (one of {_MODEL_CHOICES})"
         return loc + ("model",), f"must be one of {_MODEL_CHOICES}{_got(value['model'])}"
     if kind == "lr_spec":
+        if isinstance(value, dict) and "search" in value:
+            return loc + ("search",), f"must be one of {' | '.join(LR_SEARCHES)}{_got(value['search'])}"
         if isinstance(value, dict):
             keys = ", ".join(map(str, value)) or "none"
             return loc, f"must be a mapping with one of the keys {' | '.join(_LR_KEYS)}, got keys {keys}"

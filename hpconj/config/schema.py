@@ -286,8 +286,76 @@ class LrLogRange(Record):
         return self
 
 
+_POWER_OF_TWO = re.compile(r"^\s*2\s*\^\s*\(?\s*(-?\d+(?:\.\d+)?)\s*\)?\s*$")
+
+
+def _power_of_two(value: Any) -> Any:
+    """'2^-6' → 0.015625 (YAML has no notation for powers); anything else passes through."""
+    if isinstance(value, str):
+        match = _POWER_OF_TWO.match(value)
+        if match:
+            return 2.0 ** float(match.group(1))
+    return value
+
+
+class LrBracket(Record):
+    """Bracket search per slice (hpconj.search): `points` learning rates `step` octaves apart around
+    `start`; then, round by round, one more `step` outwards while the best seed mean sits at an end,
+    and once it is bracketed, the midpoint of the wider gap next to it, until both gaps are at most
+    `precision` octaves; the points above the best within `tolerance` (relative) of its seed mean
+    are refined too (a dip below the stability edge). A slice stops at `max_rounds` rounds or
+    `max_lrs` learning rates."""
+
+    search: Literal["bracket"]
+    start: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    step: float = Field(2.0, gt=0, allow_inf_nan=False)
+    precision: float = Field(0.25, gt=0, allow_inf_nan=False)
+    tolerance: float = Field(0.2, ge=0, allow_inf_nan=False)
+    points: int = Field(3, ge=1, le=64, strict=True)
+    max_rounds: int = Field(12, ge=1, strict=True)
+    max_lrs: int = Field(24, ge=1, strict=True)
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _start(cls, value: Any) -> Any:
+        return _power_of_two(value)
+
+    @model_validator(mode="after")
+    def _limits(self) -> LrBracket:
+        if self.precision > self.step:
+            raise _keyed("precision", f"must not exceed step ({self.step:g} octaves), got {self.precision:g}")
+        if self.max_lrs < self.points:
+            raise _keyed("max_lrs", f"must be at least points ({self.points}), got {self.max_lrs}")
+        return self
+
+
+class LrRandom(Record):
+    """Random search per slice (hpconj.search): `trials` learning rates drawn log-uniformly from
+    2**log2_range, the same for every seed of a slice, from a generator seeded by `seed` and the slice."""
+
+    search: Literal["random"]
+    trials: int = Field(ge=1, le=10_000, strict=True)
+    log2_range: tuple[float, float]
+    seed: int = Field(0, ge=0, strict=True)
+
+    @model_validator(mode="after")
+    def _range(self) -> LrRandom:
+        lo, hi = self.log2_range
+        if not lo < hi:
+            raise _keyed("log2_range", f"must be ascending (low, high), got {[lo, hi]}")
+        return self
+
+
+LR_SEARCHES = ("bracket", "random")
+# A search's settings that only let it go further (a finer precision, more rounds, more draws):
+# left out of the experiment key, so that raising them extends a folder's results.
+SEARCH_EXTENSIONS = {"bracket": ("precision", "max_rounds", "max_lrs"), "random": ("trials",)}
+
+
 def _lr_tag(value: Any) -> str | None:
     if isinstance(value, dict):
+        if "search" in value:
+            return value["search"] if value["search"] in LR_SEARCHES else None
         for key in ("values", "log2_range", "log_range"):
             if key in value:
                 return key
@@ -303,18 +371,26 @@ LrSpec = Annotated[
         Annotated[LrValues, Tag("LrValues")],
         Annotated[LrLog2Range, Tag("LrLog2Range")],
         Annotated[LrLogRange, Tag("LrLogRange")],
+        Annotated[LrBracket, Tag("bracket")],
+        Annotated[LrRandom, Tag("random")],
+        Annotated[LrBracket, Tag("LrBracket")],
+        Annotated[LrRandom, Tag("LrRandom")],
     ],
     Discriminator(
         _lr_tag,
         custom_error_type="lr_spec",
-        custom_error_message="must be a mapping with one of values | log2_range | log_range",
+        custom_error_message="must be a mapping with one of values | log2_range | log_range | search",
     ),
 ]
-_LR_TAGS = {"values", "log2_range", "log_range", "LrValues", "LrLog2Range", "LrLogRange"}
+_LR_TAGS = {"values", "log2_range", "log_range", "LrValues", "LrLog2Range", "LrLogRange", "bracket", "random",
+            "LrBracket", "LrRandom"}
+LrSearch = Union[LrBracket, LrRandom]
 
 
 def lr_grid(spec: LrValues | LrLog2Range | LrLogRange) -> list[float]:
     """The learning rates of a spec, ascending, without duplicates."""
+    if isinstance(spec, (LrBracket, LrRandom)):
+        raise TypeError(f"sweep.lr is a {spec.search} search: its learning rates depend on the results")
     if isinstance(spec, LrValues):
         values = list(spec.values)
     elif isinstance(spec, LrLog2Range):
@@ -597,7 +673,13 @@ class Config(_ConfigWithSettings):  # type: ignore[valid-type, misc]
 
     @property
     def lrs(self) -> list[float]:
+        """The lr grid (a search has none: see lr_search)."""
         return lr_grid(self.sweep.lr)
+
+    @property
+    def lr_search(self) -> LrBracket | LrRandom | None:
+        """sweep.lr when it is a search (hpconj.search), else None (a grid)."""
+        return self.sweep.lr if isinstance(self.sweep.lr, (LrBracket, LrRandom)) else None
 
     def canonical(self) -> dict[str, Any]:
         """The resolved config as plain data (what results/<name>/config.yaml holds)."""
@@ -610,20 +692,35 @@ class Config(_ConfigWithSettings):  # type: ignore[valid-type, misc]
         return data
 
     def experiment_key(self) -> str:
-        """Hash of everything that defines the experiment except the lr grid, seeds, name, device,
-        executor, the noise-scale measurement and the metric's target (which change no trial).
-
-        A results folder accepts a re-run whose key matches: added lr values or seeds extend it.
-        """
-        data = self.canonical()
-        data["sweep"].pop("lr")
-        data["metric"].pop("target", None)
-        for key in ("seeds", "name", "device", "executor", "noise_scale"):
-            data.pop(key)
-        return stable_hash(data)
+        """Hash of experiment_view(canonical()): see there what it leaves out."""
+        return stable_hash(experiment_view(self.canonical()))
 
     def config_hash(self) -> str:
         return stable_hash(self.canonical())
+
+
+def experiment_view(canonical: dict[str, Any]) -> dict[str, Any]:
+    """What defines the experiment of a canonical config (a results folder holds one): everything
+    but the name, device, executor, the noise-scale measurement and the metric's target, which change
+    no trial; and for an lr grid, the grid and the seeds — added lr values or seeds extend a folder.
+
+    A search's path depends on every seed's results, so its seeds and its sweep.lr stay in, less
+    the settings that only let it go further (SEARCH_EXTENSIONS). Missing keys are tolerated (an
+    unreadable stored config is {})."""
+    data = json.loads(json.dumps(canonical))
+    sweep, lr = data.get("sweep"), None
+    if isinstance(sweep, dict):
+        lr = sweep.pop("lr", None)
+    search = lr.get("search") if isinstance(lr, dict) else None
+    if search in SEARCH_EXTENSIONS and isinstance(sweep, dict):
+        sweep["lr"] = {k: v for k, v in lr.items() if k not in SEARCH_EXTENSIONS[search]}
+    else:
+        data.pop("seeds", None)
+    if isinstance(data.get("metric"), dict):
+        data["metric"].pop("target", None)
+    for key in ("name", "device", "executor", "noise_scale"):
+        data.pop(key, None)
+    return data
 
 
 def stable_hash(data: Any) -> str:
