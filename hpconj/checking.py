@@ -6,12 +6,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from hpconj.executor import LocalExecutor
 from hpconj.workers import Resources, split_units
 from hpconj.folder import refuse_if_busy
+from hpconj.integrity import check_integrity, integrity_problems, print_report, read_manifest
 from hpconj.repro import (
     CheckError,
     CheckReport,
@@ -23,10 +22,8 @@ from hpconj.repro import (
     compare_results,
     environment,
     environment_differences,
-    integrity_problems,
     load_stored,
     parse_sample,
-    read_manifest,
     results_frame,
     select_trials,
 )
@@ -37,20 +34,19 @@ from hpconj.trials import group_cohorts
 def run_check(folder: Path, *, integrity_only: bool, sample: str, rtol: float | None, atol: float | None,
               workers: int | None, chunk_size: int, console: Console) -> CheckReport:
     parse_sample(sample)  # a bad --trials is reported before anything else
+    if integrity_only:
+        return check_integrity(folder, console)
     manifest = read_manifest(folder)
     refuse_if_busy(folder)
     report = CheckReport()
     for problem in integrity_problems(folder):
         path, _, what = problem.partition(": ")
         report.add(path, "file", "as recorded in manifest.json", what)
-    if integrity_only:
-        _print(console, report, f"integrity of {len(manifest.get('files', {}))} files", folder, verdict="intact")
-        return report
     config, stored, stored_curves = load_stored(folder)
     planned = compare_ids(config, stored, report, folder)
     chosen = [planned[i] for i in select_trials(stored, sample) if i in planned]
     if not chosen:
-        _print(console, report, "no stored trial matches the stored config: nothing to re-run", folder,
+        print_report(console, report, "no stored trial matches the stored config: nothing to re-run", folder,
                verdict="nothing re-run")
         return report
     task = load_task(config)
@@ -84,26 +80,5 @@ def run_check(folder: Path, *, integrity_only: bool, sample: str, rtol: float | 
     compare_derived_tables(folder, report)
     tolerance = ("bit-equal" if per_value and rtol == 0 and atol == 0 else f"rtol {rtol:g}, atol {atol:g}" if per_value
                  else "same conclusions: the environment differs")
-    _print(console, report, f"{report.rerun} of {len(stored)} trials re-run ({engine} engine, {tolerance})", folder)
+    print_report(console, report, f"{report.rerun} of {len(stored)} trials re-run ({engine} engine, {tolerance})", folder)
     return report
-
-
-def _print(console: Console, report: CheckReport, what: str, folder: Path, verdict: str = "reproduces") -> None:
-    for warning in report.warnings:
-        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
-    if report.differences:
-        table = Table(title="differences")
-        for column in ("where", "field", "stored", "re-run / now", "rel. diff"):
-            table.add_column(column, overflow="fold")
-        for row in report.differences[:200]:
-            table.add_row(*(escape(str(c)) for c in row))
-        console.print(table)
-        more = f" ({len(report.differences) - 200} more not shown)" if len(report.differences) > 200 else ""
-        where, name, stored, now, _ = report.differences[0]
-        failed = "damaged" if verdict == "intact" else "does not reproduce"
-        console.print(f"[red]{failed}:[/red] {folder}: {len(report.differences)} difference(s){more}; {what}",
-                      highlight=False, soft_wrap=True)
-        console.print(f"first: {escape(where)} {escape(name)}: {escape(stored)} → {escape(now)}", highlight=False,
-                      soft_wrap=True)
-    else:
-        console.print(f"[green]{verdict}:[/green] {folder}: {what}", highlight=False, soft_wrap=True)

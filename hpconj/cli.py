@@ -19,10 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from hpconj.config import ConfigError, load_config
-from hpconj.engine import DEFAULT_CHUNK, ENGINES
-from hpconj.store import StoreError
-from hpconj.tasks import TaskError
+from hpconj.engine import DEFAULT_CHUNK, ENGINES  # names only: torch is imported by the commands that train
 
 app = typer.Typer(
     add_completion=False,
@@ -56,13 +53,13 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except typer.Exit:
             raise
-        except ConfigError as exc:
+        except _raised("hpconj.config.schema", "ConfigError") as exc:
             if _state["debug"]:
                 raise
             for line in exc.lines:
                 err.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
-        except (BadInput, TaskError, StoreError, _sweep_error(), *_report_error()) as exc:
+        except _known_errors() as exc:
             if _state["debug"]:
                 raise
             err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
@@ -77,18 +74,29 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _sweep_error() -> type[Exception]:
-    from hpconj.sweep import SweepError
-
-    return SweepError
+class _NeverRaised(Exception):
+    """Stands for an error class whose module was never imported, so cannot have been raised."""
 
 
-def _report_error() -> tuple[type[Exception], ...]:
-    from hpconj.folder import FolderError
-    from hpconj.report import ReportError
-    from hpconj.repro import CheckError
+def _raised(module: str, name: str) -> type[Exception]:
+    """The exception class `name` of `module` if that module is loaded, else _NeverRaised: a command
+    that never imported the module cannot have raised its error, and importing it to find out would
+    cost every command the start-up (torch, pandas) that keeping it out saves."""
+    loaded = sys.modules.get(module)
+    return getattr(loaded, name) if loaded is not None else _NeverRaised
 
-    return (ReportError, CheckError, FolderError)
+
+def _known_errors() -> tuple[type[Exception], ...]:
+    """Bad input found past the config: one line and exit status 2."""
+    return (BadInput, _raised("hpconj.tasks.base", "TaskError"), _raised("hpconj.store", "StoreError"),
+            _raised("hpconj.cost", "SweepError"), _raised("hpconj.report", "ReportError"),
+            _raised("hpconj.integrity", "CheckError"), _raised("hpconj.folder", "FolderError"))
+
+
+def load_config(path: Path) -> Any:
+    from hpconj.config import load_config as load
+
+    return load(path)
 
 
 @app.callback()
@@ -141,18 +149,21 @@ def sweep(
     folder = out_dir if out_dir is not None else Path("results") / config.name
     torch_device = sweeping.resolve_device(config.device)
     task = sweeping.load_task(config)
-    plan = sweeping.plan_sweep(config, task, yes=yes)  # a sweep above the limit stops here, unexpanded
+    trial_count, trial_steps = sweeping.sweep_size(config, task)
     try:
         executor = make_executor(
             kind, engine, task=sweeping.widest_task(config, task), device=torch_device,
             batch_sizes=config.sweep.batch_size, chunk_size=chunk_size,
-            workers=workers, threads=threads, units=len(plan.trials), trial_steps=plan.total_steps, address=address,
+            workers=workers, threads=threads, units=trial_count, trial_steps=trial_steps, address=address,
         )
-        with executor, SweepProgress(err, enabled=not quiet) as progress:
-            outcome = sweeping.run_sweep(
-                plan, task, folder, executor, torch_device, fresh=fresh, max_trials=max_trials,
-                on_start=progress.start, on_result=progress.advance,
-            )
+        with executor:
+            executor.start(config.first_task, torch_device)  # the workers get ready while the plan is made
+            plan = sweeping.plan_sweep(config, task, yes=yes)  # a sweep above the limit stops here, unexpanded
+            with SweepProgress(err, enabled=not quiet) as progress:
+                outcome = sweeping.run_sweep(
+                    plan, task, folder, executor, torch_device, fresh=fresh, max_trials=max_trials,
+                    on_start=progress.start, on_result=progress.advance,
+                )
     except ExecutorError as exc:  # Ray missing or unreachable, a task that raised or was lost
         raise BadInput(str(exc)) from exc
     if not quiet:
@@ -191,21 +202,31 @@ def _with_device(config: Any, device: str) -> Any:
 
 @app.command()
 @reports_errors
-def validate(config_path: Path = ConfigArg, debug: bool = DebugOpt) -> None:
+def validate(
+    config_path: Path = ConfigArg,
+    time_it: bool = typer.Option(False, "--time", help="Also time a few steps of the model for an estimate of the "
+                                                       "sweep's wall time (imports torch; a few seconds)."),
+    debug: bool = DebugOpt,
+) -> None:
     """Check a config and show the trials and cohorts it expands to, and what they will cost, without training."""
-    from hpconj import sweep as sweeping
-    from hpconj.sweep import SweepTooLarge
-
     config = load_config(config_path)
-    task = sweeping.load_task(config)
-    try:
-        plan = sweeping.plan_sweep(config, task)
-        cost = plan.cost
-    except SweepTooLarge as exc:  # too large to expand here: what follows is arithmetic on the config
-        plan, cost = None, exc.cost
+    quick = None if time_it else _sized_without_torch(config)
+    if quick is not None:
+        description, cost, cohorts = quick
+    else:  # a user's model or data, or --time: build the task (torch) and time the model
+        from hpconj import sweep as sweeping
+        from hpconj.sweep import SweepTooLarge
+
+        task = sweeping.load_task(config)
+        description = task.description
+        try:
+            plan = sweeping.plan_sweep(config, task)
+            cost, cohorts = plan.cost, len(plan.cohorts)
+        except SweepTooLarge as exc:  # too large to expand here: what follows is arithmetic on the config
+            cost, cohorts = exc.cost, _cohort_count(config)
     out.print(f"[green]ok[/green] {config_path}: {config.name}", highlight=False)
     swept = config.sweep.task_axes()
-    out.print(f"  task        {task.description}{' (the first architecture)' if swept else ''}", highlight=False)
+    out.print(f"  task        {description}{' (the first architecture)' if swept else ''}", highlight=False)
     for axis, values in swept.items():
         out.print(f"  {axis:<11} {_listed(values)}", highlight=False)
     settings = config.optimizer_settings
@@ -216,7 +237,6 @@ def validate(config_path: Path = ConfigArg, debug: bool = DebugOpt) -> None:
     steps = [cost.batch_steps[b] for b in config.sweep.batch_size]
     out.print(f"  batch sizes {_listed(config.sweep.batch_size)} → steps {_listed(steps)}", highlight=False)
     out.print(f"  momentum    {_listed(config.sweep.momentum)}; seeds {_listed(config.seeds)}", highlight=False)
-    cohorts = len(plan.cohorts) if plan is not None else len(config.sweep.batch_size)  # one cohort per batch size
     about = "about " if config.lr_search is not None and config.lr_search.search == "bracket" else ""
     out.print(f"  {about}{cost.trials:,} trials in {cohorts} cohorts, {about}{cost.steps:,} optimizer steps",
               highlight=False)
@@ -224,6 +244,32 @@ def validate(config_path: Path = ConfigArg, debug: bool = DebugOpt) -> None:
     if cost.exceeds_limit:
         out.print(f"  [yellow]limit[/yellow]       above {cost.limit_text()}: hpconj sweep will need --yes to run it",
                   highlight=False)
+
+
+def _sized_without_torch(config: Any) -> tuple[str, Any, int] | None:
+    """(the task in words, the cost without a time, the cohorts) for a built-in model on a built-in
+    data set, from the data's known size (hpconj.catalog); None when only building the task tells."""
+    from hpconj.catalog import described, has_classes, train_examples
+    from hpconj.config import BUILTIN_MODELS
+    from hpconj.cost import batch_steps, estimate_cost
+
+    task = config.first_task
+    if task.model not in BUILTIN_MODELS:
+        return None
+    examples = None if task.model == "quadratic" else train_examples(task)
+    if task.model != "quadratic" and examples is None:
+        return None
+    steps = batch_steps(config, examples, task.model != "quadratic" and has_classes(task.data))
+    return described(task), estimate_cost(config, None, steps), _cohort_count(config)
+
+
+def _cohort_count(config: Any) -> int:
+    """Cohorts the sweep trains: one per architecture (μP's model is one of its own) and batch size."""
+    from hpconj.trials import task_for
+
+    tasks = {task_for(config, task, p).model_dump_json() for _, task in config.task_variants()
+             for p in config.parameterizations}
+    return len(tasks) * len(config.sweep.batch_size)
 
 
 def _listed(values: list[Any], shown: int = 12) -> str:
@@ -262,15 +308,15 @@ def tasks(debug: bool = DebugOpt) -> None:
     """List the built-in models, data sets, optimizers and parameterizations."""
     from hpconj.optim import OPTIMIZERS
     from hpconj.parameterizations import PARAMETERIZATIONS
-    from hpconj.tasks import describe_datasets, describe_models
+    from hpconj.catalog import DATASETS, MODELS
 
     table = Table(title="hpconj building blocks", show_lines=False)
     table.add_column("kind")
     table.add_column("name")
     table.add_column("what it is")
-    for name, text in describe_models().items():
+    for name, text in MODELS.items():
         table.add_row("model", name, text)
-    for name, text in describe_datasets().items():
+    for name, text in DATASETS.items():
         table.add_row("data", name, text)
     for name, entry in OPTIMIZERS.items():
         table.add_row("optimizer", name, entry.description)
@@ -373,9 +419,14 @@ def check(
     debug: bool = DebugOpt,
 ) -> None:
     """Verify a results folder: file integrity, then re-run trials and re-derive optima and shifts."""
+    if integrity:  # hashes only: torch-free, a fraction of a second
+        from hpconj.integrity import check_integrity
+
+        report = check_integrity(folder, out)
+        raise typer.Exit(0 if not report.differences else 1)
     from hpconj.checking import run_check
 
-    report = run_check(folder, integrity_only=integrity, sample=trials, rtol=rtol, atol=atol, workers=workers,
+    report = run_check(folder, integrity_only=False, sample=trials, rtol=rtol, atol=atol, workers=workers,
                        chunk_size=chunk_size, console=out)
     raise typer.Exit(0 if not report.differences else 1)
 

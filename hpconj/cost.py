@@ -23,12 +23,15 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from hpconj.config import Config
-from hpconj.workers import Resources
-from hpconj.tasks import Task
+
+if TYPE_CHECKING:  # torch is imported where the model is timed: the counts and `validate` need none
+    import torch
+    from torch import nn
+
+    from hpconj.tasks import Task
 
 MAX_TRIALS = 1_000_000
 MAX_SECONDS = 7 * 24 * 3600  # a week of plain-loop time on this machine
@@ -48,6 +51,7 @@ class SweepCost:
     workers: int  # worker processes the estimate divides by
     on_cpu: bool  # whether the sweep runs where the probe ran (else the time limit does not apply)
     problem: str = ""  # why `seconds` is None
+    timed: bool = True  # False: no probe was asked for (`hpconj validate` without --time)
 
     @property
     def too_many_trials(self) -> bool:
@@ -64,6 +68,8 @@ class SweepCost:
 
     def time_text(self) -> str:
         """'about 2 min on this machine', or why the time is unknown."""
+        if not self.timed:
+            return "time not estimated (hpconj validate --time times the model)"
         if self.seconds is None:
             return f"time unknown, the timing probe failed: {self.problem}"
         where = "this machine" if self.on_cpu else "this machine's CPU"
@@ -95,6 +101,34 @@ class SweepCost:
                 f"{self.limit_text()}; pass --yes to run it anyway")
 
 
+class SweepError(RuntimeError):
+    """Bad input discovered while preparing or running a sweep (exit status 2)."""
+
+
+def batch_steps(config: Config, train_examples: int | None, classes: bool) -> dict[int, int]:
+    """Optimizer steps per trial of each batch size, after the checks that need the data's size but
+    no training: every batch size fits the training set (`train_examples`; None: a stream), takes at
+    least one step, and clears the optimizer's own limits (McAllester's warm-up); val_error needs
+    classes. Raises SweepError with one line."""
+    from hpconj.optim import OPTIMIZERS
+
+    if config.metric.name == "val_error" and train_examples is not None and not classes:
+        raise SweepError("metric.name: val_error needs classes, but task.data is a regression target; "
+                         "use val_loss or train_loss")
+    entry = OPTIMIZERS[config.optimizer]
+    steps = {}
+    for b in config.sweep.batch_size:
+        if train_examples is not None and b > train_examples:
+            raise SweepError(f"sweep.batch_size: batch size {b} exceeds the {train_examples} training examples")
+        steps[b] = config.budget.steps_for(b, train_examples)
+        if steps[b] < 1:
+            raise SweepError(f"budget: batch size {b} gets 0 steps; raise the budget or lower the batch size")
+        problem = entry.check_steps(config.optimizer_settings, {b: steps[b]}) if entry.check_steps else None
+        if problem is not None:
+            raise SweepError(problem)
+    return steps
+
+
 def trials_per_batch_size(config: Config) -> int:
     """Trials sharing one batch size: architectures (the swept task axes' combinations) ×
     parameterizations × momenta × seeds × learning rates (for a bracket search, about how many it
@@ -117,13 +151,20 @@ def sweep_steps(config: Config, batch_steps: Mapping[int, int]) -> int:
     return sum(batch_steps[b] for b in config.sweep.batch_size) * trials_per_batch_size(config)
 
 
-def estimate_cost(config: Config, task: Task, batch_steps: Mapping[int, int]) -> SweepCost:
+def estimate_cost(config: Config, task: Task | None, batch_steps: Mapping[int, int]) -> SweepCost:
     """The sweep's trials, steps and plain-loop wall time; never raises for a failing model.
 
     `batch_steps` maps each batch size to its steps per trial, as plan_sweep computed (and checked)
-    them: the probe must only see batch sizes the data can serve.
+    them: the probe must only see batch sizes the data can serve. Without a task (`hpconj validate`
+    without --time) the time is not estimated, and nothing imports torch.
     """
     trials, steps = trial_count(config), sweep_steps(config, batch_steps)
+    if task is None:
+        return SweepCost(trials, steps, dict(batch_steps), None, 1, config.device == "cpu", timed=False)
+    import torch
+
+    from hpconj.workers import Resources
+
     cpu = torch.device("cpu")
     # Units are unknown before expanding; the trial count bounds them, so this is the default choice.
     workers = Resources.choose(None, None, cpu, units=trials, trial_steps=steps).workers
@@ -141,6 +182,8 @@ def estimate_cost(config: Config, task: Task, batch_steps: Mapping[int, int]) ->
 def runs_on_cpu(device: str) -> bool:
     """Whether a config's `device` trains on the CPU here (without hpconj.sweep.resolve_device's
     checks: `validate` accepts a CUDA config on a machine without CUDA)."""
+    import torch
+
     return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
 
 
@@ -152,6 +195,8 @@ def probe_step_seconds(task: Task, batch_sizes: Sequence[int]) -> dict[int, floa
     not PROBE_STEPS at every size). The others are interpolated linearly: a step's cost is close
     to affine in the batch size. Raises whatever the model raises.
     """
+    import torch
+
     order = probe_batch_sizes(batch_sizes)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as a CPU worker of the sweep trains: one thread each
@@ -186,6 +231,8 @@ def _time_steps(task: Task, model: nn.Module, batch_size: int, budget: float) ->
     """Median seconds of a training step at `batch_size` (next batch, loss, backward, SGD step),
     after one untimed step that pays first-call allocations; stops early once `budget` is spent.
     The median, because on a shared machine a few steps are slowed by the neighbours."""
+    import torch
+
     batches = task.batch_stream(0, batch_size, PROBE_STEPS + 1, torch.device("cpu"))
     velocity: dict[str, torch.Tensor] = {}
     _plain_step(task, model, velocity, next(batches))
@@ -209,6 +256,8 @@ def _plain_step(task: Task, model: nn.Module, velocity: dict[str, torch.Tensor],
     whole probe. η = 0 keeps the weights at their initial values, so every step costs the same
     (a diverging model's infs and denormals would not).
     """
+    import torch
+
     model.zero_grad(set_to_none=True)
     loss = task.batch_loss(model, batch)
     loss.backward()

@@ -113,6 +113,15 @@ class LocalExecutor:
             pool = self._workers()
             list(pool.map(_build_task, [spec] * self.resources.workers, [str(device)] * self.resources.workers))
 
+    def start(self, spec: TaskSpec, device: torch.device) -> None:
+        """Start the workers now and build the task in each, without waiting: they import torch and
+        build their data (a second or two each) while the main process plans the sweep, times the
+        model and measures the noise scale."""
+        if self.resources.workers > 1:
+            pool = self._workers()
+            for _ in range(self.resources.workers):
+                pool.submit(_build_task, spec, str(device))
+
 
 def _init_worker(threads: int, parent: int) -> None:
     _die_with_parent(parent)

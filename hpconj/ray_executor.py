@@ -190,6 +190,9 @@ class RayExecutor:
                 pass
 
     # ------------------------------------------------------------------------- running
+    def start(self, spec: TaskSpec, device: torch.device) -> None:
+        """Nothing to start ahead: Ray's workers start with its instance, and build the task per task."""
+
     def run(self, task: Task, spec: TaskSpec, units: list[WorkUnit], device: torch.device) -> Iterator[TrialResult]:
         """Keep at most `resources.workers` units in flight (--workers); yield each unit's results as
         soon as it finishes (in finishing order) and submit the next."""

@@ -17,7 +17,7 @@ import math
 import platform
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,44 +33,15 @@ from hpconj.engine.base import tensors_digest
 from hpconj.folder import (BEST_MOMENTUM_FILE, CHECKPOINT_REQUIRED, CHECKPOINTS_FILE, CONFIG_FILE, CRITICAL_FILE,
                            CURVES_FILE, CURVE_REQUIRED, OPTIMA_FILE, OPTIMA_TIME_FILE, SHIFTS_FILE, SHIFTS_TIME_FILE,
                            TARGET_FILE, TRIALS_FILE, FolderError, not_planned, read_config_data, read_optional,
-                           read_table, read_trials, sha256_file, trial_set)
-from hpconj.folder import read_manifest as folder_manifest
+                           read_table, read_trials, trial_set)
 from hpconj.records import DIVERGED, OK
 from hpconj.store import TRIAL_COLUMNS, trials_table
 from hpconj.trials import Trial, axis_values
 from hpconj.workers import apply_determinism
 
+from hpconj.integrity import CheckError, CheckReport
+
 COMPARED = ("status", "train_loss", "val_loss", "val_error", "metric", "steps", "examples")
-
-
-class CheckError(ValueError):
-    """The folder cannot be checked at all (bad input: exit status 2)."""
-
-
-# ----------------------------------------------------------------------------- hashes
-def read_manifest(folder: Path) -> dict[str, Any]:
-    if not folder.is_dir():
-        raise CheckError(f"{folder}: no such results folder")
-    try:
-        return folder_manifest(folder)
-    except FolderError as exc:
-        raise CheckError(str(exc)) from None
-
-
-def integrity_problems(folder: Path) -> list[str]:
-    """Files edited or deleted since hpconj recorded them, one line each."""
-    manifest = read_manifest(folder)
-    recorded: dict[str, str] = manifest.get("files") or {}
-    if not recorded:
-        raise CheckError("manifest.json: records no file hashes (made by an older hpconj?)")
-    problems = []
-    for name, digest in sorted(recorded.items()):
-        path = folder / name
-        if not path.is_file():
-            problems.append(f"{name}: missing")
-        elif sha256_file(path) != digest:
-            problems.append(f"{name}: edited since it was recorded (sha256 differs)")
-    return problems
 
 
 # ----------------------------------------------------------------------------- environment
@@ -176,35 +147,6 @@ def select_trials(stored: pd.DataFrame, spec: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- comparing
-@dataclass
-class CheckReport:
-    differences: list[tuple[str, str, str, str, str]] = field(default_factory=list)  # where, field, stored, now, rel
-    warnings: list[str] = field(default_factory=list)
-    rerun: int = 0
-    exact: bool = True
-
-    def add(self, where: str, name: str, stored: Any, now: Any) -> None:
-        self.differences.append((where, name, _fmt(stored), _fmt(now), _relative(stored, now)))
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, (float, np.floating)):
-        return repr(float(value))  # not np.float64(...)
-    if isinstance(value, np.integer):
-        return str(int(value))
-    return str(value)
-
-
-def _relative(a: Any, b: Any) -> str:
-    try:
-        a, b = float(a), float(b)
-    except (TypeError, ValueError):
-        return ""
-    if not (math.isfinite(a) and math.isfinite(b)):
-        return ""
-    return f"{abs(a - b) / max(abs(a), abs(b), 1e-300):.2e}"
-
-
 def same(a: Any, b: Any, rtol: float, atol: float) -> bool:
     """Equal within tolerance; NaN equals NaN, inf equals inf of the same sign."""
     if isinstance(a, str) or isinstance(b, str):

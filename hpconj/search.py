@@ -74,7 +74,7 @@ def planned_trials(config: Config, results: Mapping[str, float]) -> SearchPlan:
     unrun trials absent)."""
     search = config.lr_search
     if search is None:
-        trials = expand_trials(config)
+        trials = _grid(config)
         return SearchPlan(trials, [t for t in trials if t.trial_id not in results])
     if isinstance(search, LrRandom):
         trials = [s.trial(lr, seed) for s in slices(config) for seed in config.seeds for lr in random_lrs(s, search)]
@@ -82,6 +82,19 @@ def planned_trials(config: Config, results: Mapping[str, float]) -> SearchPlan:
     paths = [bracket_path(s, search, config.seeds, results) for s in slices(config)]
     return SearchPlan([t for p in paths for t in p.trials], [t for p in paths for t in p.pending],
                       [f"{p.slice.label}: {p.stopped}" for p in paths if p.stopped], max(p.rounds for p in paths))
+
+
+_GRIDS: dict[str, list[Trial]] = {}
+
+
+def _grid(config: Config) -> list[Trial]:
+    """expand_trials(config), kept for the last config asked: a sweep re-plans after every round,
+    and hashing every trial's id again costs ~0.2 ms a trial."""
+    key = config.config_hash()
+    if key not in _GRIDS:
+        _GRIDS.clear()
+        _GRIDS[key] = expand_trials(config)
+    return _GRIDS[key]
 
 
 # ----------------------------------------------------------------------------- random search

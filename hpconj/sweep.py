@@ -28,12 +28,13 @@ import yaml
 
 import hpconj
 from hpconj.config import Config, experiment_view
+from hpconj.cost import SweepError
 from hpconj.engine import TrialResult
 from hpconj.folder import (CONFIG_FILE, INPUT_FILES, MANIFEST, STORE_FILES, FolderError, check_writable_here,
                            read_manifest, record_hashes, remove_analysis, write_atomic, writer_lock)
-from hpconj.noise import measure_noise_scale, noise_examples
-from hpconj.optim import OPTIMIZERS
+from hpconj.engine.cohort import trained_models
 from hpconj.engine.reference import trained_model
+from hpconj.noise import measure_noise_scale, noise_examples
 from hpconj.records import DONE_STATUSES, FAILED, OK
 from hpconj.repro import arithmetic_fingerprint
 from hpconj.store import Store, StoreError, export_checkpoints_csv, export_csv, export_noise_csv
@@ -44,10 +45,6 @@ from hpconj.workers import Executor, apply_determinism, split_units, torch_threa
 
 
 log = logging.getLogger("hpconj")
-
-
-class SweepError(RuntimeError):
-    """Bad input discovered while preparing or running a sweep (exit status 2)."""
 
 
 class SweepTooLarge(SweepError):
@@ -83,31 +80,24 @@ class SweepOutcome:
     stopped: list[str] = field(default_factory=list)  # slices whose lr search a limit stopped (hpconj.search)
 
 
+def sweep_size(config: Config, task: Task) -> tuple[int, int]:
+    """(trials, optimizer steps summed over them) by arithmetic on the config (hpconj.cost; about
+    as many as a search takes): what sizes the workers before the sweep is planned."""
+    from hpconj.cost import sweep_steps, trial_count
+
+    return trial_count(config), sweep_steps(config, {b: task.steps(config.budget, b) for b in config.sweep.batch_size})
+
+
 def plan_sweep(config: Config, task: Task, *, yes: bool = False) -> SweepPlan:
     """Expand the config; check every batch size against the data before any training.
 
     A sweep above hpconj.cost's limit (trials, or estimated time) is refused with SweepTooLarge
     before it is expanded — expanding 10^7 trials alone takes minutes and gigabytes — unless `yes`.
     """
-    from hpconj.cost import estimate_cost  # imported here: it times the model, which only this step needs
+    from hpconj.cost import batch_steps, estimate_cost
 
     data = getattr(task, "data", None)
-    if config.metric.name == "val_error" and data is not None and not data.classes:
-        raise SweepError("metric.name: val_error needs classes, but task.data is a regression target; "
-                         "use val_loss or train_loss")
-    steps = {}
-    entry = OPTIMIZERS[config.optimizer]
-    for b in config.sweep.batch_size:
-        try:
-            task.check_batch_size(b)
-        except TaskError as exc:
-            raise SweepError(f"sweep.batch_size: {exc}") from None
-        steps[b] = task.steps(config.budget, b)
-        if steps[b] < 1:
-            raise SweepError(f"budget: batch size {b} gets 0 steps; raise the budget or lower the batch size")
-        problem = entry.check_steps(config.optimizer_settings, {b: steps[b]}) if entry.check_steps else None
-        if problem is not None:
-            raise SweepError(problem)
+    steps = batch_steps(config, None if data is None else data.n_train, bool(data is not None and data.classes))
     cost = None
     if not yes:
         cost = estimate_cost(config, task, steps)
@@ -310,7 +300,8 @@ def _run_locked(
                 on_start(outcome.total, outcome.skipped)
         outcome.stopped = planned.stopped
         if not planned.pending and max_trials is None:  # every planned trial is recorded now
-            measure_final_noise(config, planned.trials, on_device, store, device, executor.resources.threads)
+            measure_final_noise(config, planned.trials, on_device, store, device, executor.resources.threads,
+                                executor.engine_name)
     except KeyboardInterrupt:
         outcome.interrupted = True
     finally:
@@ -378,12 +369,12 @@ def measure_noise(config: Config, task: Task, store: Store, device: torch.device
 
 
 def measure_final_noise(config: Config, trials: list[Trial], task: Task, store: Store, device: torch.device,
-                        threads: int) -> int:
+                        threads: int, engine: str = "cohort") -> int:
     """B_simple at the end of training, per seed, on one trial's final model (the noise scale grows
     as the loss falls): of the sweep's first architecture and parameterization, its smallest batch
-    size and momentum, the lr whose trial of that seed ended lowest. The reference engine trains it
-    again; the estimate is recorded only when the final weights match the stored digest. Returns
-    how many estimates were recorded."""
+    size and momentum, the lr whose trial of that seed ended lowest. The sweep's engine trains them
+    again (the cohort engine as one stack), with the workers' thread count; an estimate is recorded
+    only when the final weights match the stored digest. Returns how many estimates were recorded."""
     if not config.noise_scale.enabled:
         return 0
     first = config.parameterizations[0]
@@ -393,33 +384,51 @@ def measure_final_noise(config: Config, trials: list[Trial], task: Task, store: 
                   and (t.batch_size, t.momentum) == smallest}
     stored = store.trials_frame(config.metric.name, config.task_axis_defaults()).set_index("trial_id")
     wanted = noise_examples(task, config.noise_scale.examples)
-    done, recorded = store.noise_end_trials(), 0
+    done, chosen = store.noise_end_trials(), []
     for seed in config.seeds:
         rows = stored.loc[[i for i in candidates if i in stored.index and candidates[i].seed == seed]]
         rows = rows[rows["status"] == OK]
         if rows.empty:
             continue
         trial_id = str(rows["metric"].idxmin())
-        if done.get(seed) == (trial_id, wanted):
+        if done.get(seed) != (trial_id, wanted):
+            chosen.append(candidates[trial_id])
+    if not chosen:
+        return 0
+    try:
+        trained = _trained_again(chosen, config.first_task, task, device, threads, engine)
+    except Exception as exc:  # a user model may raise anything; the results are recorded already
+        log.warning("noise scale at the end of training not measured (%s: %s)", type(exc).__name__, exc)
+        return 0
+    recorded = 0
+    for trial in chosen:
+        model, result = trained[trial.trial_id]
+        if result.params_sha256 != stored.loc[trial.trial_id, "params_sha256"]:
+            log.warning("noise scale at the end of training of seed %d not measured: trial %s re-trained to "
+                        "other weights than recorded", trial.seed, trial.trial_id)
             continue
         try:
-            trial = candidates[trial_id]
-            with torch_threads(threads):  # the workers' count: the same bits as the recorded trial
-                model, result = trained_model(task if trial.task == config.first_task else build_task(trial.task),
-                                              trial, device)
-            if result.params_sha256 != rows.loc[trial_id, "params_sha256"]:
-                log.warning("noise scale at the end of training of seed %d not measured: trial %s re-trained to "
-                            "other weights than recorded", seed, trial_id)
-                continue
-            estimate = measure_noise_scale(task, seed, config.noise_scale.examples, device, model=model)
             # (the noise batch is the first architecture's data, which every architecture shares)
-        except Exception as exc:  # a user model may raise anything; the results are recorded already
-            log.warning("noise scale at the end of training of seed %d not measured (%s: %s)", seed,
+            estimate = measure_noise_scale(task, trial.seed, config.noise_scale.examples, device, model=model)
+        except Exception as exc:
+            log.warning("noise scale at the end of training of seed %d not measured (%s: %s)", trial.seed,
                         type(exc).__name__, exc)
             continue
-        store.record_noise_end(estimate, trial_id)
+        store.record_noise_end(estimate, trial.trial_id)
         recorded += 1
     return recorded
+
+
+def _trained_again(trials: list[Trial], spec: Any, task: Task, device: torch.device, threads: int,
+                   engine: str) -> dict[str, tuple[nn.Module, TrialResult]]:
+    """The trials (one task and batch size) trained again, with their final models: as one stack by
+    the cohort engine, one at a time by the reference engine; `threads` torch threads (the workers'
+    count: the same bits as the recorded trials)."""
+    own = task if trials[0].task == spec else build_task(trials[0].task).to(device)
+    with torch_threads(threads):
+        if engine == "cohort":
+            return trained_models(own, trials, device)
+        return {t.trial_id: trained_model(own, t, device) for t in trials}
 
 
 def _now() -> str:

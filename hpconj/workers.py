@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +32,13 @@ UNIT_TRIALS = 64
 def apply_determinism(device: torch.device | None = None) -> dict[str, Any]:
     """Deterministic kernels everywhere (and the cuBLAS workspace CUDA needs for them)."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
+    # what torch.use_deterministic_algorithms(True) does for eager kernels; that function also
+    # imports torch._inductor to set its flag (1.3 s in every process) for compiled code, which
+    # hpconj never runs — set that flag too when something else has imported inductor
+    torch._C._set_deterministic_algorithms(True, warn_only=False)
+    inductor = sys.modules.get("torch._inductor.config")
+    if inductor is not None:
+        inductor.deterministic = True
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
     return {
@@ -160,6 +167,8 @@ class Executor(Protocol):
     chunk_size: int
 
     def run(self, task: Task, spec: TaskSpec, units: list[WorkUnit], device: torch.device) -> Iterator[TrialResult]: ...
+
+    def start(self, spec: TaskSpec, device: torch.device) -> None: ...
 
     def close(self, terminate: bool = False) -> None: ...
 

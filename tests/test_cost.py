@@ -130,7 +130,7 @@ def test_a_model_that_raises_makes_the_time_unknown(tmp_path: Path, write_config
 
 # ----------------------------------------------------------------------------- the limit
 def test_validate_prints_the_cost_line(write_config) -> None:
-    proc = run_cli("validate", str(write_config()))
+    proc = run_cli("validate", str(write_config()), "--time")
     assert proc.returncode == 0, proc.stderr
     text = " ".join(proc.stdout.split())
     assert "48 trials in 2 cohorts" in text

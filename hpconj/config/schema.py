@@ -474,6 +474,18 @@ class Budget(Record):
             raise _keyed("checkpoints", _repeated(self.checkpoints))
         return self
 
+    def steps_for(self, batch_size: int, train_examples: int | None) -> int:
+        """Optimizer steps of a trial of `batch_size`: `steps`, else the examples (`examples`, or
+        `epochs` × the training examples, rounded) // batch_size. `train_examples` is None for a
+        streamed task, which has no epochs."""
+        if self.steps is not None:
+            return self.steps
+        if self.examples is not None:
+            return self.examples // batch_size
+        if train_examples is None:
+            raise ValueError("a streamed task needs an examples or steps budget")
+        return round(self.epochs * train_examples) // batch_size
+
     def checkpoint_fractions(self) -> list[float]:
         """The shares of the budget at which the metric is evaluated, ascending (empty: none)."""
         if self.checkpoints is None:

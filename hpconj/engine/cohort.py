@@ -51,8 +51,8 @@ from hpconj.tasks import Metrics, Task
 from hpconj.tasks.base import LossOf
 from hpconj.tasks.supervised import SupervisedTask
 from hpconj.trials import Trial
+from hpconj.engine import DEFAULT_CHUNK
 
-DEFAULT_CHUNK = 256
 log = logging.getLogger("hpconj")  # shown with --debug
 
 
@@ -147,15 +147,28 @@ class _Live:
         self.checkpoints = [self.checkpoints[i] for i in rows]
 
 
-def train_cohort(task: Task, trials: list[Trial], device: torch.device) -> Iterator[TrialResult]:
-    """Train trials that share task, batch size and budget; yield each result when it ends.
+def train_cohort(task: Task, trials: list[Trial], device: torch.device,
+                 models: dict[str, nn.Module] | None = None) -> Iterator[TrialResult]:
+    """Train trials that share task, batch size and budget; yield each result when it ends; with
+    `models`, put the final model of each trial that trained to the end there (by trial id).
 
     Trials of different update rules (`Native.group`) train as separate stacks, one after the other."""
     for group in _by_rule(trials):
-        yield from _train_stack(task, group, device)
+        yield from _train_stack(task, group, device, models)
 
 
-def _train_stack(task: Task, trials: list[Trial], device: torch.device) -> Iterator[TrialResult]:
+def trained_models(task: Task, trials: list[Trial], device: torch.device
+                   ) -> dict[str, tuple[nn.Module, TrialResult]]:
+    """Trials trained again as one stack, with their final models (for measurements on them, such
+    as the noise scale at the end of training): the reference engine's `trained_model` for many
+    trials at once, without torch.optim (whose first use imports torch._dynamo, over a second)."""
+    models: dict[str, nn.Module] = {}
+    results = list(train_cohort(task, trials, device, models))
+    return {r.trial_id: (models[r.trial_id], r) for r in results if r.trial_id in models}
+
+
+def _train_stack(task: Task, trials: list[Trial], device: torch.device,
+                 models: dict[str, nn.Module] | None = None) -> Iterator[TrialResult]:
     """Train trials that share task, batch size, budget and update rule as one stack."""
     trials = [trials[i] for i in stack_order([t.native for t in trials])]
     clock = _Clock(time.perf_counter(), len(trials))
@@ -209,6 +222,8 @@ def _train_stack(task: Task, trials: list[Trial], device: torch.device) -> Itera
                                     device=history[0].device if history else None)
                 history = [losses.index_select(0, rows) for losses in history]
                 batches.select(live.trials)
+    if models is not None:
+        models.update({t.trial_id: _trial_model(live, base, i) for i, t in enumerate(live.trials)})
     yield from _finish(task, live, base, layers, steps, batch_size, clock, marks)
 
 

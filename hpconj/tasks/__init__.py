@@ -5,11 +5,11 @@ import functools
 
 from hpconj.config import DataSpec, QuadraticTask, TaskSpec, UserModelTask
 from hpconj.tasks.base import Metrics, Task, TaskError
-from hpconj.tasks.data import Dataset, build_dataset, describe_datasets
+from hpconj.tasks.data import Dataset, build_dataset
 from hpconj.tasks.quadratic import NoisyQuadraticTask
-from hpconj.tasks.supervised import MODEL_BUILDERS, SupervisedTask
+from hpconj.tasks.supervised import SupervisedTask
 
-__all__ = ["Metrics", "Task", "TaskError", "build_task", "describe_models", "describe_datasets"]
+__all__ = ["Metrics", "Task", "TaskError", "build_task"]
 
 
 def build_task(spec: TaskSpec) -> Task:
@@ -41,9 +41,3 @@ def _dataset(data_json: str, val_fraction: float, data_seed: int) -> Dataset:
 def _hidden(spec: object) -> int:
     depth = getattr(spec, "depth", 0)
     return depth if getattr(spec, "model", "") == "mlp" else max(depth - 1, 0)
-
-
-def describe_models() -> dict[str, str]:
-    out = {name: (fn.__doc__ or "").strip().splitlines()[0] for name, fn in MODEL_BUILDERS.items()}
-    out["quadratic"] = "noisy quadratic: ½ Σ h_i (θ_i − x_i)², x_i ~ N(0, σ²/h_i); exact theory available"
-    return out

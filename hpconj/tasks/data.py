@@ -72,11 +72,21 @@ def load_linear_teacher(spec: LinearTeacherData) -> tuple[np.ndarray, np.ndarray
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's bundled 8×8 digits: 1,797 examples, 64 features, 10 classes."""
-    from sklearn.datasets import load_digits as sk_digits
+    """scikit-learn's bundled 8×8 digits: 1,797 examples, 64 features, 10 classes.
 
-    bunch = sk_digits()
-    return bunch.data, bunch.target
+    Read from the file scikit-learn ships (sklearn/datasets/data/digits.csv.gz) as its
+    `load_digits` reads it (np.loadtxt, the last column the class), without importing scikit-learn:
+    its import takes over a second, in the main process and again in every worker."""
+    import gzip
+    from importlib.util import find_spec
+
+    spec = find_spec("sklearn")  # locates the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        raise TaskError("data: digits ships with scikit-learn, which is not installed (pip install scikit-learn)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    with gzip.open(path, mode="rt", encoding="utf-8") as text:
+        data = np.loadtxt(text, delimiter=",")
+    return data[:, :-1], data[:, -1].astype(int, copy=False)
 
 
 @lru_cache(maxsize=1)
@@ -174,16 +184,4 @@ def build_dataset(spec: DataSpec, val_fraction: float, split_seed: int) -> Datas
 
 def _label(spec: DataSpec) -> str:
     return getattr(spec, "path", None) or getattr(spec, "target", None) or spec.name
-
-
-def describe_datasets() -> dict[str, str]:
-    """Name → one-line description, for `hpconj tasks`."""
-    return {
-        "teacher": (load_teacher.__doc__ or "").splitlines()[0],
-        "linear_teacher": (load_linear_teacher.__doc__ or "").splitlines()[0],
-        "digits": (load_digits.__doc__ or "").splitlines()[0],
-        "mnist1d": (load_mnist1d.__doc__ or "").splitlines()[0],
-        "path.npz | path.csv": (load_file.__doc__ or "").splitlines()[0],
-        "package.module:function": (load_callable.__doc__ or "").splitlines()[0],
-    }
 

@@ -56,11 +56,7 @@ class NoisyQuadraticTask:
         )
 
     def steps(self, budget: Budget, batch_size: int) -> int:
-        if budget.steps is not None:
-            return budget.steps
-        if budget.examples is None:
-            raise ValueError("the quadratic task needs an examples or steps budget")
-        return budget.examples // batch_size
+        return budget.steps_for(batch_size, None)
 
     def check_batch_size(self, batch_size: int) -> None:
         return None

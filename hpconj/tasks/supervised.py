@@ -140,10 +140,7 @@ class SupervisedTask:
     description: str
 
     def steps(self, budget: Budget, batch_size: int) -> int:
-        if budget.steps is not None:
-            return budget.steps
-        examples = budget.examples if budget.examples is not None else round(budget.epochs * self.data.n_train)
-        return examples // batch_size
+        return budget.steps_for(batch_size, self.data.n_train)
 
     def check_batch_size(self, batch_size: int) -> None:
         if batch_size > self.data.n_train:
