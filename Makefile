@@ -31,6 +31,7 @@ bench: setup
 	$(BIN)/python benchmarks/engine.py
 	$(BIN)/python benchmarks/gemm_ceiling.py
 	$(BIN)/python benchmarks/search.py
+	$(BIN)/python benchmarks/session.py
 
 clean:
 	rm -rf $(VENV) results/quickstart

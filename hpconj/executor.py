@@ -85,6 +85,12 @@ class LocalExecutor:
         return self._pool
 
     def run(self, task: Task, spec: TaskSpec, units: list[WorkUnit], device: torch.device) -> Iterator[TrialResult]:
+        for results in self.run_batches(task, spec, units, device):
+            yield from results
+
+    def run_batches(self, task: Task, spec: TaskSpec, units: list[WorkUnit],
+                    device: torch.device) -> Iterator[list[TrialResult]]:
+        """The results as they come back: a worker's unit at once, or (in this process) each trial."""
         if self.resources.workers == 1:
             torch.set_num_threads(self.resources.threads)
             apply_determinism()
@@ -92,7 +98,8 @@ class LocalExecutor:
             for unit in units:
                 # the task passed in is the config's; a unit of another architecture builds its own
                 own = task if unit.task == spec else task_on_worker(unit.task, str(device))[0]
-                yield from engine.run(own, unit.trials, device)
+                for result in engine.run(own, unit.trials, device):
+                    yield [result]
             return
         pool = self._workers()
         pending: set[Future] = {
@@ -102,7 +109,7 @@ class LocalExecutor:
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
-                    yield from future.result()
+                    yield future.result()
         except BaseException:
             self.close(terminate=True)
             raise

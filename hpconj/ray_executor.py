@@ -194,6 +194,11 @@ class RayExecutor:
         """Nothing to start ahead: Ray's workers start with its instance, and build the task per task."""
 
     def run(self, task: Task, spec: TaskSpec, units: list[WorkUnit], device: torch.device) -> Iterator[TrialResult]:
+        for results in self.run_batches(task, spec, units, device):
+            yield from results
+
+    def run_batches(self, task: Task, spec: TaskSpec, units: list[WorkUnit],
+                    device: torch.device) -> Iterator[list[TrialResult]]:
         """Keep at most `resources.workers` units in flight (--workers); yield each unit's results as
         soon as it finishes (in finishing order) and submit the next."""
         ray = self._ray
@@ -223,7 +228,7 @@ class RayExecutor:
                     except ray.exceptions.RayError as exc:
                         raise ExecutorError(_task_failure(exc, unit, ray)) from exc
                     submit()
-                    yield from results
+                    yield results
         except BaseException:  # an error, Ctrl-C, or the consumer stopped: stop the rest
             self._cancel()
             raise

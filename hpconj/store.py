@@ -129,6 +129,22 @@ class Store:
 
     def record(self, trial: Trial, result: TrialResult, engine: str, device: str) -> None:
         """Write one finished trial and its curve in a single transaction."""
+        self.record_many([(trial, result)], engine, device)
+
+    def record_many(self, finished: Sequence[tuple[Trial, TrialResult]], engine: str, device: str) -> None:
+        """Write trials that came back together (a worker's unit) and their curves in one transaction:
+        one wait for the disk instead of one per trial; all of them are recorded or none."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for trial, result in finished:
+                self._insert(trial, result, engine, device)
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:  # an interrupt may land after COMMIT
+                self.db.execute("ROLLBACK")
+            raise
+
+    def _insert(self, trial: Trial, result: TrialResult, engine: str, device: str) -> None:
         row = (
             trial.trial_id, result.status, trial.parameterization, trial.optimizer, trial.lr, trial.batch_size,
             trial.momentum, trial.seed, trial.reference_batch_size, _real(result.train_loss),
@@ -139,18 +155,11 @@ class Store:
         points = [(trial.trial_id, p.step, p.examples, _real(p.train_loss)) for p in result.curve]
         marks = [(trial.trial_id, c.step, c.fraction, c.examples, _real(c.train_loss), _real(c.val_loss),
                   _real(c.val_error)) for c in result.checkpoints]
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            self.db.execute("DELETE FROM curves WHERE trial_id = ?", (trial.trial_id,))
-            self.db.execute("DELETE FROM checkpoints WHERE trial_id = ?", (trial.trial_id,))
-            self.db.execute(f"INSERT OR REPLACE INTO trials VALUES ({','.join('?' * len(row))})", row)
-            self.db.executemany("INSERT INTO curves VALUES (?, ?, ?, ?)", points)
-            self.db.executemany("INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)", marks)
-            self.db.execute("COMMIT")
-        except BaseException:
-            if self.db.in_transaction:  # an interrupt may land after COMMIT
-                self.db.execute("ROLLBACK")
-            raise
+        self.db.execute("DELETE FROM curves WHERE trial_id = ?", (trial.trial_id,))
+        self.db.execute("DELETE FROM checkpoints WHERE trial_id = ?", (trial.trial_id,))
+        self.db.execute(f"INSERT OR REPLACE INTO trials VALUES ({','.join('?' * len(row))})", row)
+        self.db.executemany("INSERT INTO curves VALUES (?, ?, ?, ?)", points)
+        self.db.executemany("INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)", marks)
 
     # -- gradient noise scale
     def record_noise(self, estimate: NoiseEstimate) -> None:

@@ -324,14 +324,16 @@ def _run_trials(todo: list[Trial], config: Config, task: Task, store: Store, exe
     units = split_units(group_cohorts(todo), {t.trial_id for t in todo}, executor.chunk_size,
                         executor.resources.workers)
     by_id = {t.trial_id: t for t in todo}
-    for result in executor.run(task, config.first_task, units, device):
-        trial = by_id[result.trial_id]
-        store.record(trial, result, executor.engine_name, str(device))
-        outcome.ran += 1
-        if result.status == FAILED:
-            outcome.failures.append(f"trial {trial.trial_id} (lr={trial.lr:g}, B={trial.batch_size}): {result.error}")
-        if on_result is not None:
-            on_result(trial, result)
+    for results in executor.run_batches(task, config.first_task, units, device):
+        finished = [(by_id[result.trial_id], result) for result in results]
+        store.record_many(finished, executor.engine_name, str(device))  # recorded before anything else happens
+        for trial, result in finished:
+            outcome.ran += 1
+            if result.status == FAILED:
+                outcome.failures.append(f"trial {trial.trial_id} (lr={trial.lr:g}, B={trial.batch_size}): "
+                                        f"{result.error}")
+            if on_result is not None:
+                on_result(trial, result)
 
 
 def recorded_results(store: Store, config: Config) -> dict[str, float]:

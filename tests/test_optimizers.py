@@ -208,7 +208,7 @@ def test_second_moments_batched_product_vmap_and_loop_agree(write_config, kind):
     old = engine_base.EXAMPLE_GRADIENT_FLOATS
     engine_base.EXAMPLE_GRADIENT_FLOATS = 5 * 2 * sum(p[0].numel() for p in params.values())  # chunks of 5
     try:
-        _example_second_moments(fn, mapped, {}, (x.expand(2, *x.shape), y.expand(2, *y.shape)))
+        _example_second_moments(fn, mapped, mapped.params, {}, (x.expand(2, *x.shape), y.expand(2, *y.shape)))
     finally:
         engine_base.EXAMPLE_GRADIENT_FLOATS = old
     for i, name in enumerate(params):

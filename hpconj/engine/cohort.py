@@ -294,34 +294,51 @@ def _step_function(task: Task, base: LossOf, layers: list[Layer] | None) -> Step
 
     def generic(state: _Stack, buffers: dict[str, torch.Tensor], batch: _StepBatch) -> torch.Tensor:
         stacked = batch.stacked()
-        grads, losses = grad_fn(state.params, buffers, stacked)
+        params = state.params
+        single = next(iter(params.values())).shape[0] == 1
+        if single:  # a stack of one, computed as a stack of two (see _doubled)
+            params, buffers, stacked = _doubled(params), _doubled(buffers), tree_map(_doubled_tensor, stacked)
+        grads, losses = grad_fn(params, buffers, stacked)
         for name, view in state.grads.items():
-            view.copy_(grads[name])
+            view.copy_(grads[name][:1] if single else grads[name])
         if state.second is not None:
-            _example_second_moments(example_grads_fn, state, buffers, stacked)
-        return losses.detach()
+            _example_second_moments(example_grads_fn, state, params, buffers, stacked)
+        return losses[:1].detach() if single else losses.detach()
 
     return generic
 
 
 
 
-def _example_second_moments(example_grads_fn: Callable, state: _Stack, buffers: dict[str, torch.Tensor],
-                            stacked: object) -> None:
+def _doubled(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every stacked tensor [1, ...] as [2, ...], its row twice. vmap computes some operations with
+    one weight per trial as a different kernel for one trial than for several (a convolution is a
+    grouped one only for two or more), so a trial's bits would depend on how many trials share its
+    stack, which shrinks as trials diverge; a stack of one computed as two keeps them the same."""
+    return {name: _doubled_tensor(t) for name, t in tensors.items()}
+
+
+def _doubled_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.expand(2, *tensor.shape[1:]) if tensor.shape[0] == 1 else tensor
+
+
+def _example_second_moments(example_grads_fn: Callable, state: _Stack, params: dict[str, torch.Tensor],
+                            buffers: dict[str, torch.Tensor], stacked: object) -> None:
     """state.second ← q = (1/B)·Σᵢ gᵢ² per trial, from per-example gradients taken a chunk of
     examples at a time so that at most EXAMPLE_GRADIENT_FLOATS of them exist at once (or one
-    example's, for every trial, if that is more)."""
+    example's, for every trial, if that is more). `params` are the state's, or a stack of one
+    doubled (_doubled): only the state's own rows are kept."""
     leaves = tree_flatten(stacked)[0]
     trials, size = leaves[0].shape[0], leaves[0].shape[1]
-    floats = sum(p[0].numel() for p in state.params.values())
+    floats = sum(p[0].numel() for p in params.values())
     chunk = max(1, engine_base.EXAMPLE_GRADIENT_FLOATS // max(1, trials * floats))
     for total in state.second.values():
         total.zero_()
     for start in range(0, size, chunk):
         part = tree_map(lambda t: t[:, start : start + chunk], stacked)
-        grads = example_grads_fn(state.params, buffers, part)
+        grads = example_grads_fn(params, buffers, part)
         for name, total in state.second.items():
-            g = grads[name]
+            g = grads[name][: total.shape[0]]
             total.add_((g * g).sum(1))
     for total in state.second.values():
         total.div_(size)

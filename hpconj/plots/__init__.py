@@ -21,8 +21,10 @@ Artists that tests (or readers) may want to find carry a `gid`:
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -95,17 +97,44 @@ def write_figures(frames: Mapping[str, pd.DataFrame] | Any, meta: Mapping[str, A
 
     out = Path(folder) / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    for name, make in jobs:
-        figure = make()
-        # a fixed hash salt makes the SVG's element ids, and so its bytes, the same on every run
-        with matplotlib.rc_context({**STYLE, "svg.hashsalt": "hpconj"}):
-            for suffix, options in ((".png", {"dpi": 150, "metadata": {"Software": None}}),
-                                    (".svg", {"metadata": {"Date": None, "Creator": None}})):
-                path = out / f"{name}{suffix}"
-                figure.savefig(path, facecolor="white", **options)
-                written.append(path)
-                # The layout (in inches, so the same for every format) is known now: keep it instead of
-                # solving it again for the next format (constrained layout costs a full draw).
-                figure.set_layout_engine("none")
+    return [path for paths in _render_all(jobs, out) for path in paths]
+
+
+_JOBS: list[tuple[str, Callable[[], Figure]]] = []  # what forked renderers draw (closures do not pickle)
+
+
+def _render_all(jobs: list[tuple[str, Callable[[], Figure]]], out: Path) -> list[list[Path]]:
+    """Every job's files, in job order: drawn in forked processes, one per core, when there are
+    several figures and cores (a figure's drawing is single-threaded Python), else here."""
+    workers = min(len(jobs), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return [_render(name, make, out) for name, make in jobs]
+    _JOBS[:] = jobs
+    try:
+        # fork: the figures' data are inherited, not pickled; nothing here has started threads
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(pool.map(_render_job, range(len(jobs)), [out] * len(jobs)))
+    finally:
+        _JOBS.clear()
+
+
+def _render_job(index: int, out: Path) -> list[Path]:
+    name, make = _JOBS[index]
+    return _render(name, make, out)
+
+
+def _render(name: str, make: Callable[[], Figure], out: Path) -> list[Path]:
+    """Draw one figure and save it as PNG (150 dpi) and SVG."""
+    figure = make()
+    written = []
+    # a fixed hash salt makes the SVG's element ids, and so its bytes, the same on every run
+    with matplotlib.rc_context({**STYLE, "svg.hashsalt": "hpconj"}):
+        for suffix, options in ((".png", {"dpi": 150, "metadata": {"Software": None}}),
+                                (".svg", {"metadata": {"Date": None, "Creator": None}})):
+            path = out / f"{name}{suffix}"
+            figure.savefig(path, facecolor="white", **options)
+            written.append(path)
+            # The layout (in inches, so the same for every format) is known now: keep it instead of
+            # solving it again for the next format (constrained layout costs a full draw).
+            figure.set_layout_engine("none")
     return written
