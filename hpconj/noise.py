@@ -51,10 +51,19 @@ examples of the same distribution, never the ones a trial of the seed trains on.
 Method = Literal["auto", "vmap", "loop"]
 
 LOOP_PARAMS = 32_768
-"""`method="auto"` takes per-example gradients in a plain loop for a model of at most this many
-parameters on the CPU: torch.func's first vmap(grad) imports torch._dynamo (over a second), while
-the loop takes ~0.2 ms per example at this size (0.2 s for 1,024). A fixed rule of the model, not of
-what happens to be imported, so that an estimate's bits do not depend on the process."""
+"""`method="auto"` takes per-example gradients in a plain loop for a built-in model (mlp,
+deep_linear, the quadratic) of at most this many parameters on the CPU: torch.func's first
+vmap(grad) imports torch._dynamo (over a second), while the loop takes ~0.2 ms per example at this
+size (0.2 s for 1,024). A user's model may take many small operations per example (a transformer:
+~1 ms), so it keeps vmap. A fixed rule of the config, not of what happens to be imported, so that
+an estimate's bits do not depend on the process."""
+
+
+def built_in(task: Task) -> bool:
+    """Whether the task's model is one of hpconj's (not a user's `package.module:function`)."""
+    from hpconj.config import BUILTIN_MODELS
+
+    return getattr(getattr(task, "spec", None), "model", None) in BUILTIN_MODELS
 
 
 def batch_device(batch: Any) -> torch.device:
@@ -150,8 +159,8 @@ def gradient_noise_scale(task: Task, model: nn.Module, batch: Any, *, method: Me
     if n_params == 0:
         raise ValueError("the model has no parameters that require grad")
     chunk = max(1, min(n, max_floats // n_params))
-    if method == "auto" and n_params <= LOOP_PARAMS and batch_device(batch).type == "cpu":
-        method = "loop"  # a small model on the CPU: faster than vmap's first call (see LOOP_PARAMS)
+    if method == "auto" and n_params <= LOOP_PARAMS and batch_device(batch).type == "cpu" and built_in(task):
+        method = "loop"  # a small built-in model on the CPU: faster than vmap's first call (see LOOP_PARAMS)
     if method in ("auto", "vmap"):
         try:
             return noise_statistics(*_accumulate(_vmap_gradients(task, model, batch, n, chunk)))

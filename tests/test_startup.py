@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
 from conftest import ROOT, TINY, merged, run_cli
 from hpconj.catalog import DATASETS, MODELS, described, train_examples
