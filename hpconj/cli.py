@@ -404,6 +404,27 @@ def print_report(frames: Any) -> None:
     out.print(shift)
     for sentence in shift_sentences(frames.shifts, frames.optima):
         out.print(sentence.replace("**", ""), highlight=False)
+    if not frames.claims.empty:
+        _print_claims(frames.claims)
+
+
+def _print_claims(claims: Any) -> None:
+    """The verdict of every `expect:` claim (hpconj.claims), refuted ones as plainly as the others."""
+    import numpy as np
+
+    table = Table(title="claims (band from the source; verdict from the 95% interval)")
+    for column in ("claim", "parameterization, where", "band", "estimate [95% interval]", "verdict"):
+        table.add_column(column)
+    colours = {"holds": "green", "fails": "red", "inconclusive": "yellow", "missing": "yellow"}
+    for _, r in claims.iterrows():
+        estimate = "–" if not np.isfinite(r["estimate"]) else f"{r['estimate']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}]"
+        verdict = r["verdict"]
+        if verdict == "inconclusive" and np.isfinite(r["seeds_needed"]):
+            verdict += f" (~{r['seeds_needed']:g} seeds)"
+        table.add_row(f"{r['id']}: {r['claim']}", f"{r['parameterization']}, {r['where']}",
+                      f"[{r['band_lo']:g}, {r['band_hi']:g}]", estimate,
+                      f"[{colours[r['verdict']]}]{escape(verdict)}[/{colours[r['verdict']]}]")
+    out.print(table)
 
 
 @app.command()

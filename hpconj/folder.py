@@ -50,10 +50,11 @@ OPTIMA_FILE, SHIFTS_FILE, SUMMARY_FILE = "optima.csv", "shifts.csv", "summary.md
 OPTIMA_TIME_FILE, SHIFTS_TIME_FILE = "optima_over_time.csv", "shifts_over_time.csv"
 TARGET_FILE, CRITICAL_FILE = "time_to_target.csv", "critical_batch.csv"
 BEST_MOMENTUM_FILE = "best_momentum.csv"
+CLAIMS_FILE = "claims.csv"  # the verdicts of a config's `expect:` claims (hpconj.claims)
 # what `hpconj plot` derives from them (those over time only from a sweep with budget.checkpoints,
 # best_momentum.csv only with more than one momentum)
 ANALYSIS_FILES = (OPTIMA_FILE, SHIFTS_FILE, SUMMARY_FILE, OPTIMA_TIME_FILE, SHIFTS_TIME_FILE, TARGET_FILE,
-                  CRITICAL_FILE, BEST_MOMENTUM_FILE)
+                  CRITICAL_FILE, BEST_MOMENTUM_FILE, CLAIMS_FILE)
 OWNED_FILES = (*STORE_FILES, *INPUT_FILES, MANIFEST, *ANALYSIS_FILES)
 FIGURE_SUFFIXES = (".png", ".svg")
 
@@ -244,6 +245,7 @@ def refuse_if_busy(folder: Path) -> None:
 # ----------------------------------------------------------------------------- reading its tables
 # Columns that analysis and check read, by kind. A column not listed is read as pandas infers it.
 TEXT_COLUMNS = ("trial_id", "status", "parameterization", "optimizer", "axis", "fixed", "error", "params_sha256", "why",
+                "id", "kind", "where", "verdict", "claim", "source",  # claims.csv
                 *(a for a in AXES if AXES[a].categorical), *(f"fixed_{a}" for a in AXES if AXES[a].categorical))
 INTEGER_COLUMNS = ("batch_size", "seed", "steps", "examples", "step", "n_seeds", "n_slices", "n_edge",
                    "reference_batch_size", "width", "depth")

@@ -27,12 +27,13 @@ from hpconj.analysis import (
 )
 from hpconj.axes import AXES, axes_of
 from hpconj.config import ConfigError, config_from_dict
-from hpconj.folder import (BEST_MOMENTUM_FILE, CHECKPOINT_REQUIRED, CHECKPOINTS_FILE, NOISE_END_FILE,
+from hpconj.folder import (BEST_MOMENTUM_FILE, CHECKPOINT_REQUIRED, CLAIMS_FILE, CHECKPOINTS_FILE, NOISE_END_FILE,
                            NOISE_END_REQUIRED, CONFIG_FILE, CRITICAL_FILE, CURVES_FILE,
                            CURVE_REQUIRED, NOISE_FILE, NOISE_REQUIRED, OPTIMA_FILE, OPTIMA_TIME_FILE, SHIFTS_FILE,
                            SHIFTS_TIME_FILE, SUMMARY_FILE, TARGET_FILE, TRIALS_FILE, FolderError, read_config_data, read_manifest,
                            read_optional, read_trials, record_hashes, record_problems, refuse_if_busy, write_atomic,
                            writer_lock)
+from hpconj.claims import claims_markdown, claims_table
 from hpconj.records import DONE_STATUSES, OK
 from hpconj.training_time import (best_momentum, checkpoint_trials, conjugacy_flags, critical_batch,
                                   critical_sentences, default_target, fastest_batch, optima_over_time, time_to_target)
@@ -71,6 +72,7 @@ class Frames:
     best_momentum: pd.DataFrame = field(default_factory=pd.DataFrame)  # with more than one momentum
     noise_end: pd.DataFrame = field(default_factory=pd.DataFrame)  # noise_summary at the end of training
     search: tuple[str, ...] = ()  # how a searched sweep chose its lrs (search_lines)
+    claims: pd.DataFrame = field(default_factory=pd.DataFrame)  # the verdicts of `expect:` (hpconj.claims)
 
 
 def result_folders(paths: list[Path]) -> list[Path]:
@@ -162,6 +164,16 @@ def describe(config: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def judged_claims(config: dict[str, Any], optimum: pd.DataFrame, shift: pd.DataFrame) -> pd.DataFrame:
+    """The config's `expect:` claims judged on these optima and shifts (hpconj.claims); empty
+    without claims."""
+    if not config.get("expect"):
+        return pd.DataFrame()
+    from hpconj.config import Claim
+
+    return claims_table([Claim.model_validate(c) for c in config["expect"]], optimum, shift)
+
+
 def search_lines(results: Results) -> tuple[str, ...]:
     """How the lrs were chosen, for summary.md: the grid, or the search with its trials per slice and
     the slices a limit stopped (hpconj.search, re-derived from the stored results)."""
@@ -197,6 +209,7 @@ def analyse(results: Results) -> Frames:
                     search=search_lines(results))
     if not results.checkpoints.empty:
         frames = replace(frames, **over_time(results, optimum))
+    frames = replace(frames, claims=judged_claims(results.config, optimum, shift))
     flags = conjugacy_flags(optimum, trials, frames.critical)
     if not flags.empty:  # where the argument for conjugacy does not apply, per slice (training_time)
         optimum = optimum.merge(flags, on=slice_keys(optimum), how="left")
@@ -288,6 +301,7 @@ def summary_markdown(frames: Frames) -> str:
             f"{interval} | {r['shift_octaves']:+.2f} | {_percent(r['regret_max'])} | "
             f"{_percent(r['regret_mean'])} | {r['n_slices']} | {r['n_edge']} |"
         )
+    lines += claims_markdown(frames.claims)
     lines += noise_markdown(frames)
     lines += time_markdown(frames)
     lines += momentum_markdown(frames)
@@ -470,7 +484,7 @@ def write_tables(frames: Frames, folder: Path) -> list[Path]:
     write_atomic(paths[2], summary_markdown(frames))
     for name, table in ((OPTIMA_TIME_FILE, frames.optima_time), (SHIFTS_TIME_FILE, frames.shifts_time),
                         (TARGET_FILE, frames.targets), (CRITICAL_FILE, frames.critical),
-                        (BEST_MOMENTUM_FILE, frames.best_momentum)):
+                        (BEST_MOMENTUM_FILE, frames.best_momentum), (CLAIMS_FILE, frames.claims)):
         if not table.empty:
             paths.append(folder / name)
             write_atomic(paths[-1], table.to_csv(index=False))

@@ -28,9 +28,10 @@ import torch
 import hpconj
 from hpconj.analysis import best_grid_lr, optima, shifts, slice_keys
 from hpconj.axes import AXES
+from hpconj.claims import HOLDS
 from hpconj.config import Config, config_from_dict
 from hpconj.engine.base import tensors_digest
-from hpconj.folder import (BEST_MOMENTUM_FILE, CHECKPOINT_REQUIRED, CHECKPOINTS_FILE, CONFIG_FILE, CRITICAL_FILE,
+from hpconj.folder import (BEST_MOMENTUM_FILE, CHECKPOINT_REQUIRED, CLAIMS_FILE, CHECKPOINTS_FILE, CONFIG_FILE, CRITICAL_FILE,
                            CURVES_FILE, CURVE_REQUIRED, OPTIMA_FILE, OPTIMA_TIME_FILE, SHIFTS_FILE, SHIFTS_TIME_FILE,
                            TARGET_FILE, TRIALS_FILE, FolderError, not_planned, read_config_data, read_optional,
                            read_table, read_trials, trial_set)
@@ -452,6 +453,34 @@ def compare_analysis(folder: Path, stored: pd.DataFrame, merged: pd.DataFrame, r
     else:
         _compare_optima_moves(from_stored, now, report)
         _compare_slope_moves(shifts_stored, shifts_now, report)
+    compare_claims(folder, (from_stored, shifts_stored), (now, shifts_now), report)
+
+
+def compare_claims(folder: Path, stored: tuple[pd.DataFrame, pd.DataFrame], now: tuple[pd.DataFrame, pd.DataFrame],
+                   report: CheckReport) -> None:
+    """The config's claims (hpconj.claims): claims.csv must hold the verdicts the stored trials give
+    (an edited verdict is caught), and every claim that holds on the stored trials must still hold
+    with the re-run trials in place — the check a CI runs to ask "do our conclusions still hold?"."""
+    from hpconj.report import judged_claims
+
+    config = read_config_data(folder)
+    recorded = judged_claims(config, *stored)
+    if recorded.empty:
+        return
+    if (folder / CLAIMS_FILE).is_file():
+        try:
+            table = read_table(folder / CLAIMS_FILE, ("id", "verdict"))
+        except FolderError as exc:
+            raise CheckError(str(exc)) from None
+        written = dict(zip(table["id"], table["verdict"]))
+        for claim_id, verdict in zip(recorded["id"], recorded["verdict"]):
+            if written.get(claim_id) != verdict:
+                report.add(f"{CLAIMS_FILE} claim {claim_id}", "verdict", written.get(claim_id, "absent"), verdict)
+    rejudged = judged_claims(config, *now)
+    again = dict(zip(rejudged["id"], rejudged["verdict"]))
+    for claim_id, verdict in zip(recorded["id"], recorded["verdict"]):
+        if verdict == HOLDS and again.get(claim_id) != HOLDS:
+            report.add(f"claim {claim_id} (re-run)", "verdict", verdict, again.get(claim_id))
 
 
 def _compare_optima_table(table: pd.DataFrame, derived: pd.DataFrame, report: CheckReport, label: str,

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from hpconj.config.loading import config_from_dict, load_config
 from hpconj.config.messages import format_path
-from hpconj.config.schema import (BUILTIN_MODELS, Budget, CallableData, Config, ConfigError, DataSpec, DeepLinearTask,
+from hpconj.config.schema import (BUILTIN_MODELS, Budget, CallableData, Claim, Config, ConfigError, DataSpec, DeepLinearTask,
                                   FileData, LinearTeacherData, LrBracket, LrLog2Range, LrLogRange, LrRandom, LrValues,
                                   Metric, MlpTask, NamedData, NoiseScale, QuadraticTask, Record, SupervisedTaskSpec,
                                   Sweep, TaskSpec, TeacherData, UserModelTask, experiment_view, lr_grid, stable_hash)
 from hpconj.config.user_code import add_import_paths, resolve_callable
 
 __all__ = [
-    "BUILTIN_MODELS", "Budget", "CallableData", "Config", "ConfigError", "DataSpec", "DeepLinearTask", "FileData", "LinearTeacherData",
+    "BUILTIN_MODELS", "Budget", "CallableData", "Claim", "Config", "ConfigError", "DataSpec", "DeepLinearTask", "FileData", "LinearTeacherData",
     "LrBracket", "LrLog2Range", "LrLogRange", "LrRandom", "LrValues", "Metric", "MlpTask", "NamedData", "NoiseScale", "QuadraticTask", "Record",
     "SupervisedTaskSpec", "Sweep", "TaskSpec", "TeacherData", "UserModelTask", "add_import_paths", "config_from_dict",
     "experiment_view", "format_path", "load_config", "lr_grid", "resolve_callable", "stable_hash",

@@ -12,7 +12,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, SerializerFun
                       field_validator, model_serializer, model_validator, ValidationError)
 from pydantic_core import PydanticCustomError
 
-from hpconj.axes import TASK_AXES
+from hpconj.axes import AXES, TASK_AXES
 from hpconj.optim import OPTIMIZERS, SettingError, Settings
 
 BUILTIN_MODELS = ("mlp", "deep_linear", "quadratic")
@@ -54,7 +54,8 @@ class Record(BaseModel):
     def _dump(self, handler: SerializerFunctionWrapHandler) -> Any:
         data = handler(self)
         for name in self._omit_at_default:
-            if name in data and getattr(self, name) == type(self).model_fields[name].default:
+            if name in data and getattr(self, name) == type(self).model_fields[name].get_default(
+                    call_default_factory=True):
                 del data[name]
         return data
 
@@ -505,6 +506,37 @@ class Metric(Record):
     _omit_at_default: ClassVar[tuple[str, ...]] = ("target",)
 
 
+class Claim(Record):
+    """A statement about the results that `hpconj plot` judges and `hpconj check` judges again
+    (hpconj.claims): the slope of a shift (`kind: slope`, along `axis`) or one slice's optimum
+    (`kind: optimum`, `band` in log2 lr), for `parameterization`, at the values `at` of the other
+    axes. `band` comes from `source` (the literature), never from the result."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    claim: str = Field(min_length=1)
+    source: str = Field(min_length=1)
+    kind: Literal["slope", "optimum"]
+    parameterization: str
+    axis: str | None = None
+    at: dict[str, Union[float, str]] = Field(default_factory=dict)
+    band: tuple[float, float]
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Claim:
+        if self.band[0] > self.band[1]:
+            raise _keyed("band", f"must be ascending (low, high), got {list(self.band)}")
+        if self.kind == "slope" and self.axis is None:
+            raise _keyed("axis", "a slope claim names the axis its shift runs along (batch_size, momentum, ...)")
+        if self.kind == "optimum" and self.axis is not None:
+            raise _keyed("axis", "an optimum claim names one slice by `at`, not an axis")
+        if self.axis is not None and self.axis not in AXES:
+            raise _keyed("axis", f"must be one of {' | '.join(AXES)}, got {self.axis!r}")
+        for key in self.at:
+            if key not in AXES:
+                raise _keyed(f"at.{key}", f"not an axis; one of {' | '.join(AXES)}")
+        return self
+
+
 # every optimizer's settings block is a field named after it (hpconj.optim's registry)
 OPTIMIZER_SETTINGS: dict[str, type[Settings]] = {n: o.settings for n, o in OPTIMIZERS.items() if o.settings}
 
@@ -539,7 +571,7 @@ class Config(_ConfigWithSettings):  # type: ignore[valid-type, misc]
         default_factory=lambda: ["standard", "conjugate"], min_length=1
     )
     base_width: int | None = Field(None, gt=0, strict=True)  # μP's base width (default: the smallest width)
-    _omit_at_default: ClassVar[tuple[str, ...]] = ("base_width",)
+    _omit_at_default: ClassVar[tuple[str, ...]] = ("base_width", "expect")
     reference_batch_size: int = Field(1, gt=0, strict=True)
     budget: Budget
     sweep: Sweep
@@ -548,6 +580,7 @@ class Config(_ConfigWithSettings):  # type: ignore[valid-type, misc]
     noise_scale: NoiseScale = Field(default_factory=NoiseScale)
     device: str = "auto"
     executor: Literal["local", "ray"] = "local"  # where the trials run; --executor overrides it
+    expect: list[Claim] = Field(default_factory=list)  # claims about the results (hpconj.claims)
 
     @model_validator(mode="before")
     @classmethod
@@ -617,6 +650,13 @@ class Config(_ConfigWithSettings):  # type: ignore[valid-type, misc]
                          "[standard, mup], with base_width)")
         if "mup" in self.parameterizations:
             self._check_mup()
+        for i, claim in enumerate(self.expect):
+            if claim.parameterization not in self.parameterizations:
+                raise _keyed(f"expect[{i}].parameterization", f"must be one of the config's parameterizations "
+                             f"({', '.join(self.parameterizations)}), got {claim.parameterization!r}")
+        ids = [c.id for c in self.expect]
+        if len(set(ids)) != len(ids):
+            raise _keyed("expect", f"claim ids must be distinct: {_repeated(ids)}")
         for axis in self.sweep.task_axes():
             if axis not in type(self.task).model_fields:
                 raise _keyed(f"sweep.{axis}", f"the {self.task.model} model has no {axis} to sweep; the built-in "
@@ -730,7 +770,7 @@ def experiment_view(canonical: dict[str, Any]) -> dict[str, Any]:
         data.pop("seeds", None)
     if isinstance(data.get("metric"), dict):
         data["metric"].pop("target", None)
-    for key in ("name", "device", "executor", "noise_scale"):
+    for key in ("name", "device", "executor", "noise_scale", "expect"):  # claims change no trial
         data.pop(key, None)
     return data
 
