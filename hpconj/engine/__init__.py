@@ -7,10 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hpconj.engine.names import DEFAULT_CHUNK, ENGINES
 from hpconj.records import TrialResult
-
-ENGINES = ("cohort", "reference")
-DEFAULT_CHUNK = 256  # most trials a cohort engine trains as one stack (--chunk-size)
 
 __all__ = ["DEFAULT_CHUNK", "ENGINES", "Engine", "TrialResult", "get_engine"]
 

@@ -51,7 +51,7 @@ from hpconj.tasks import Metrics, Task
 from hpconj.tasks.base import LossOf
 from hpconj.tasks.supervised import SupervisedTask
 from hpconj.trials import Trial
-from hpconj.engine import DEFAULT_CHUNK
+from hpconj.engine.names import DEFAULT_CHUNK
 
 log = logging.getLogger("hpconj")  # shown with --debug
 
