@@ -9,8 +9,7 @@ from rich.console import Console
 
 from hpconj.executor import LocalExecutor
 from hpconj.workers import Resources, split_units
-from hpconj.folder import refuse_if_busy
-from hpconj.integrity import check_integrity, integrity_problems, print_report, read_manifest
+from hpconj.integrity import check_integrity, integrity_report, print_report
 from hpconj.repro import (
     CheckError,
     CheckReport,
@@ -36,18 +35,13 @@ def run_check(folder: Path, *, integrity_only: bool, sample: str, rtol: float | 
     parse_sample(sample)  # a bad --trials is reported before anything else
     if integrity_only:
         return check_integrity(folder, console)
-    manifest = read_manifest(folder)
-    refuse_if_busy(folder)
-    report = CheckReport()
-    for problem in integrity_problems(folder):
-        path, _, what = problem.partition(": ")
-        report.add(path, "file", "as recorded in manifest.json", what)
+    manifest, report = integrity_report(folder)
     config, stored, stored_curves = load_stored(folder)
     planned = compare_ids(config, stored, report, folder)
     chosen = [planned[i] for i in select_trials(stored, sample) if i in planned]
     if not chosen:
         print_report(console, report, "no stored trial matches the stored config: nothing to re-run", folder,
-               verdict="nothing re-run")
+                     verdict="nothing re-run")
         return report
     task = load_task(config)
     try:

@@ -132,6 +132,7 @@ def sweep(
 ) -> None:
     """Train every trial of a sweep and record it in results/<name>/."""
     from hpconj import sweep as sweeping
+    from hpconj.cost import MAX_TRIALS
     from hpconj.executor import EXECUTORS, ExecutorError, make_executor
     from hpconj.progress import SweepProgress, print_summary
 
@@ -157,7 +158,8 @@ def sweep(
             workers=workers, threads=threads, units=trial_count, trial_steps=trial_steps, address=address,
         )
         with executor:
-            executor.start(config.first_task, torch_device)  # the workers get ready while the plan is made
+            if yes or trial_count <= MAX_TRIALS:  # (one above the limit is refused: no workers for it)
+                executor.start(config.first_task, torch_device)  # they get ready while the plan is made
             plan = sweeping.plan_sweep(config, task, yes=yes)  # a sweep above the limit stops here, unexpanded
             with SweepProgress(err, enabled=not quiet) as progress:
                 outcome = sweeping.run_sweep(

@@ -64,7 +64,8 @@ def attention_net(input_dim: int, output_dim: int, dim: int = 16, heads: int = 2
 
 @functools.cache
 def _layers() -> Any:
-    """The example models' torch classes, defined on first use (module-level names for pickling)."""
+    """The example models' torch classes, defined on first use (so that importing this module, for
+    `hpconj init`, imports no torch); a model is built where it trains, never pickled."""
     import torch
     from torch import nn
 

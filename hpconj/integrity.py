@@ -76,14 +76,21 @@ def _relative(a: Any, b: Any) -> str:
     return f"{abs(a - b) / max(abs(a), abs(b), 1e-300):.2e}"
 
 
-def check_integrity(folder: Path, console: Console) -> CheckReport:
-    """Every file the manifest records must exist and hash as recorded."""
+def integrity_report(folder: Path) -> tuple[dict[str, Any], CheckReport]:
+    """(the manifest, a report of every recorded file that is missing or hashes otherwise): the
+    first step of every `hpconj check`; refused while a sweep writes the folder."""
     manifest = read_manifest(folder)
     refuse_if_busy(folder)
     report = CheckReport()
     for problem in integrity_problems(folder):
         path, _, what = problem.partition(": ")
         report.add(path, "file", "as recorded in manifest.json", what)
+    return manifest, report
+
+
+def check_integrity(folder: Path, console: Console) -> CheckReport:
+    """Every file the manifest records must exist and hash as recorded."""
+    manifest, report = integrity_report(folder)
     print_report(console, report, f"integrity of {len(manifest.get('files', {}))} files", folder, verdict="intact")
     return report
 

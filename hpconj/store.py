@@ -127,6 +127,17 @@ class Store:
         rows = self.db.execute(f"SELECT trial_id FROM trials WHERE status IN ({marks})", DONE_STATUSES)
         return {r[0] for r in rows}
 
+    def final_metrics(self, metric_name: str) -> dict[str, float]:
+        """Trial id → final `metric_name` (+inf when diverged) of every trial recorded ok or diverged,
+        straight from SQL (what a sweep re-plans from after every round; trials_frame parses every row)."""
+        if metric_name not in ("train_loss", "val_loss", "val_error"):
+            raise ValueError(f"unknown metric {metric_name!r}")
+        marks = ",".join("?" * len(DONE_STATUSES))
+        rows = self.db.execute(f"SELECT trial_id, status, {metric_name} FROM trials WHERE status IN ({marks})",
+                               DONE_STATUSES)
+        return {trial_id: math.inf if status == DIVERGED else (math.nan if value is None else float(value))
+                for trial_id, status, value in rows}
+
     def record(self, trial: Trial, result: TrialResult, engine: str, device: str) -> None:
         """Write one finished trial and its curve in a single transaction."""
         self.record_many([(trial, result)], engine, device)

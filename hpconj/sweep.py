@@ -35,7 +35,7 @@ from hpconj.folder import (CONFIG_FILE, INPUT_FILES, MANIFEST, STORE_FILES, Fold
 from hpconj.engine.cohort import trained_models
 from hpconj.engine.reference import trained_model
 from hpconj.noise import measure_noise_scale, noise_examples
-from hpconj.records import DONE_STATUSES, FAILED, OK
+from hpconj.records import FAILED, OK
 from hpconj.repro import arithmetic_fingerprint
 from hpconj.store import Store, StoreError, export_checkpoints_csv, export_csv, export_noise_csv
 from hpconj.tasks import Task, TaskError, build_task
@@ -339,9 +339,7 @@ def _run_trials(todo: list[Trial], config: Config, task: Task, store: Store, exe
 def recorded_results(store: Store, config: Config) -> dict[str, float]:
     """Trial id → final metric (+inf when diverged) of every trial recorded ok or diverged: what a
     search plans its next round from (hpconj.search)."""
-    frame = store.trials_frame(config.metric.name, config.task_axis_defaults())
-    done = frame[frame["status"].isin(DONE_STATUSES)]
-    return dict(zip(done["trial_id"], done["metric"].astype(float)))
+    return store.final_metrics(config.metric.name)
 
 
 def measure_noise(config: Config, task: Task, store: Store, device: torch.device) -> int:

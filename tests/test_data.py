@@ -75,3 +75,22 @@ def test_user_data_function(write_config, tmp_path, monkeypatch):
     assert task.data.n_train + len(task.data.x_val) == 80
     with pytest.raises(TaskError, match="raised ValueError: no data today"):
         _task(write_config, "mydata:broken")
+
+
+def test_digits_are_scikit_learns_read_without_importing_it():
+    """hpconj reads scikit-learn's digits file itself (its import costs a second per process): the
+    arrays must be the ones sklearn.datasets.load_digits returns, and scikit-learn stay unimported."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from sklearn.datasets import load_digits as scikit_learns
+
+    from hpconj.tasks.data import load_digits
+
+    x, y = load_digits()
+    theirs = scikit_learns()
+    assert x.dtype == theirs.data.dtype and np.array_equal(x, theirs.data)
+    assert y.dtype == theirs.target.dtype and np.array_equal(y, theirs.target)
+    script = "import sys; from hpconj.tasks.data import load_digits; load_digits(); print('sklearn' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True, text=True).stdout.strip() == "False"

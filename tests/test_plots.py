@@ -380,3 +380,17 @@ def test_empty_frames_give_empty_figures_not_errors():
                    plots.metric_heatmap(empty["curves"], empty["optima"], META),
                    plots.training_curves(empty["training"], META)):
         figure.draw_without_rendering()
+
+
+def test_figures_drawn_in_parallel_are_the_bytes_drawn_one_by_one(tmp_path, monkeypatch):
+    """write_figures draws in forked processes, one per core: the files must not depend on it."""
+    from hpconj.report import analyse, load_results
+
+    folder = Path(__file__).resolve().parents[1] / "results" / "reference" / "quickstart_search"
+    frames = analyse(load_results(folder))
+    written = {}
+    for processes in (1, 3):
+        monkeypatch.setattr(plots, "renderers", lambda n=processes: n)
+        paths = plots.write_figures(frames, frames.meta, tmp_path / str(processes))
+        written[processes] = {p.name: p.read_bytes() for p in paths}
+    assert len(written[1]) >= 10 and written[1] == written[3]

@@ -106,7 +106,7 @@ _JOBS: list[tuple[str, Callable[[], Figure]]] = []  # what forked renderers draw
 def _render_all(jobs: list[tuple[str, Callable[[], Figure]]], out: Path) -> list[list[Path]]:
     """Every job's files, in job order: drawn in forked processes, one per core, when there are
     several figures and cores (a figure's drawing is single-threaded Python), else here."""
-    workers = min(len(jobs), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    workers = min(len(jobs), renderers())
     if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
         return [_render(name, make, out) for name, make in jobs]
     _JOBS[:] = jobs
@@ -116,6 +116,11 @@ def _render_all(jobs: list[tuple[str, Callable[[], Figure]]], out: Path) -> list
             return list(pool.map(_render_job, range(len(jobs)), [out] * len(jobs)))
     finally:
         _JOBS.clear()
+
+
+def renderers() -> int:
+    """Processes that draw figures at once: the usable cores."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
 
 def _render_job(index: int, out: Path) -> list[Path]:
