@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench experiments clean
 
 # Reinstalled whenever the dependencies (pyproject.toml, constraints.txt) or these lines change.
 # The `ray` extra is installed so that `make test` runs the Ray executor's tests.
@@ -26,6 +26,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# every experiment of experiments/ (experiments/README.md): about 8 min wall, 14 min of CPU on 2 cores
+experiments: setup
+	$(BIN)/python experiments/run.py
 
 bench: setup
 	$(BIN)/python benchmarks/engine.py

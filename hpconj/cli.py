@@ -337,14 +337,36 @@ AcceptOpt = typer.Option(False, "--accept-unverified",
 
 @app.command()
 @reports_errors
-def plot(folders: list[Path] = FoldersArg, accept_unverified: bool = AcceptOpt, debug: bool = DebugOpt) -> None:
+def plot(
+    folders: list[Path] = FoldersArg,
+    formats: str = typer.Option("png,svg", "--formats", help="The figures' formats: png, svg or png,svg."),
+    accept_unverified: bool = AcceptOpt,
+    debug: bool = DebugOpt,
+) -> None:
     """Compute optima, shifts and regret; write optima.csv, shifts.csv, summary.md and plots/."""
     from hpconj.report import plot_folder, result_folders
 
+    chosen = tuple(dict.fromkeys(f.strip().lower() for f in formats.split(",") if f.strip()))
+    if not chosen or any(f not in ("png", "svg") for f in chosen):
+        err.print(f"[red]error:[/red] --formats: png, svg or png,svg; got {escape(formats)!r}", highlight=False)
+        raise typer.Exit(2)
     for folder in result_folders(folders):
-        frames, written = plot_folder(folder, accept_unverified)
+        frames, written = plot_folder(folder, accept_unverified, chosen)
         print_report(frames)
         out.print(f"wrote {len(written)} files in {folder}/ (optima.csv, shifts.csv, summary.md, plots/)",
+                  highlight=False)
+
+
+@app.command()
+@reports_errors
+def compact(folders: list[Path] = FoldersArg, debug: bool = DebugOpt) -> None:
+    """Drop curves.csv (the per-trial training curves) from results folders to commit them; check then compares final metrics."""
+    from hpconj.folder import compact as compact_folder
+    from hpconj.report import result_folders
+
+    for folder in result_folders(folders):
+        freed = compact_folder(folder)
+        out.print(f"{folder}: dropped curves.csv ({freed / 1e6:.1f} MB); manifest.json records it as dropped",
                   highlight=False)
 
 
@@ -412,20 +434,16 @@ def print_report(frames: Any) -> None:
 
 def _print_claims(claims: Any) -> None:
     """The verdict of every `expect:` claim (hpconj.claims), refuted ones as plainly as the others."""
-    import numpy as np
+    from hpconj.claims import band_text, estimate_text, verdict_text
 
     table = Table(title="claims (band from the source; verdict from the 95% interval)")
     for column in ("claim", "parameterization, where", "band", "estimate [95% interval]", "verdict"):
         table.add_column(column)
     colours = {"holds": "green", "fails": "red", "inconclusive": "yellow", "missing": "yellow"}
     for _, r in claims.iterrows():
-        estimate = "–" if not np.isfinite(r["estimate"]) else f"{r['estimate']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}]"
-        verdict = r["verdict"]
-        if verdict == "inconclusive" and np.isfinite(r["seeds_needed"]):
-            verdict += f" (~{r['seeds_needed']:g} seeds)"
-        table.add_row(f"{r['id']}: {r['claim']}", f"{r['parameterization']}, {r['where']}",
-                      f"[{r['band_lo']:g}, {r['band_hi']:g}]", estimate,
-                      f"[{colours[r['verdict']]}]{escape(verdict)}[/{colours[r['verdict']]}]")
+        colour = colours[r["verdict"]]
+        table.add_row(f"{r['id']}: {r['claim']}", f"{r['parameterization']}, {r['where']}", band_text(r),
+                      estimate_text(r), f"[{colour}]{escape(verdict_text(r))}[/{colour}]")
     out.print(table)
 
 

@@ -399,6 +399,30 @@ def record_hashes(folder: Path, written: Iterable[str], forget: Iterable[str] = 
     write_atomic(path, json.dumps(manifest, indent=2) + "\n")
 
 
+DROPPABLE = (CURVES_FILE,)  # what `hpconj compact` may drop: the per-trial curves, most of a folder's bytes
+
+
+def compact(folder: Path) -> int:
+    """Drop curves.csv from a results folder hpconj made (`hpconj compact`, for results committed to
+    a repository), under the writer's lock; manifest.json forgets its hash and lists it under
+    "dropped", so `check --integrity` does not call it missing and `check` compares final metrics
+    only. The store keeps the curves: a later `hpconj sweep` into the folder exports them again.
+    Returns the bytes freed."""
+    read_manifest(folder)  # FolderError: only a folder hpconj made
+    freed = 0
+    with writer_lock(folder):
+        for name in DROPPABLE:
+            path = folder / name
+            if path.is_file():
+                freed += path.stat().st_size
+                path.unlink()
+            record_hashes(folder, [], forget=[name])
+        manifest = json.loads((folder / MANIFEST).read_text())
+        manifest["dropped"] = sorted(set(manifest.get("dropped") or []) | set(DROPPABLE))
+        write_atomic(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return freed
+
+
 def record_problems(folder: Path, manifest: dict[str, Any], trials: pd.DataFrame, config: Any) -> list[str]:
     """How a folder's records disagree with its manifest, one line each (empty: they agree).
 

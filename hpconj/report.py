@@ -164,14 +164,13 @@ def describe(config: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def judged_claims(config: dict[str, Any], optimum: pd.DataFrame, shift: pd.DataFrame) -> pd.DataFrame:
-    """The config's `expect:` claims judged on these optima and shifts (hpconj.claims); empty
-    without claims."""
+def judged_claims(config: dict[str, Any], frames: Any) -> pd.DataFrame:
+    """The config's `expect:` claims judged on these frames (hpconj.claims); empty without claims."""
     if not config.get("expect"):
         return pd.DataFrame()
     from hpconj.config import Claim
 
-    return claims_table([Claim.model_validate(c) for c in config["expect"]], optimum, shift)
+    return claims_table([Claim.model_validate(c) for c in config["expect"]], frames)
 
 
 def search_lines(results: Results) -> tuple[str, ...]:
@@ -209,7 +208,7 @@ def analyse(results: Results) -> Frames:
                     search=search_lines(results))
     if not results.checkpoints.empty:
         frames = replace(frames, **over_time(results, optimum))
-    frames = replace(frames, claims=judged_claims(results.config, optimum, shift))
+    frames = replace(frames, claims=judged_claims(results.config, frames))
     flags = conjugacy_flags(optimum, trials, frames.critical)
     if not flags.empty:  # where the argument for conjugacy does not apply, per slice (training_time)
         optimum = optimum.merge(flags, on=slice_keys(optimum), how="left")
@@ -449,7 +448,8 @@ def _is_low_edge(curves: pd.DataFrame, row: pd.Series) -> bool:
     return bool(np.isclose(row["log2_lr_opt"], curves[mask]["log2_lr"].min()))
 
 
-def plot_folder(folder: Path, accept_unverified: bool) -> tuple[Frames, list[Path]]:
+def plot_folder(folder: Path, accept_unverified: bool, formats: tuple[str, ...] = ("png", "svg")
+                ) -> tuple[Frames, list[Path]]:
     """`hpconj plot` on one folder: verify, analyse, write the tables and figures, record their hashes.
 
     Only a folder hpconj made (its manifest readable) is written to, under its lock; only the
@@ -465,7 +465,7 @@ def plot_folder(folder: Path, accept_unverified: bool) -> tuple[Frames, list[Pat
         written: list[Path] = []
         try:
             written += write_tables(frames, folder)
-            written += write_figures(frames, frames.meta, folder)
+            written += write_figures(frames, frames.meta, folder, formats)
         except OSError as exc:
             raise ReportError(f"{folder}: cannot write the analysis ({exc.strerror or exc}: {exc.filename}); "
                               f"{len(written)} files written before it") from None

@@ -17,7 +17,7 @@ import math
 import platform
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -453,18 +453,29 @@ def compare_analysis(folder: Path, stored: pd.DataFrame, merged: pd.DataFrame, r
     else:
         _compare_optima_moves(from_stored, now, report)
         _compare_slope_moves(shifts_stored, shifts_now, report)
-    compare_claims(folder, (from_stored, shifts_stored), (now, shifts_now), report)
+    config = read_config_data(folder)
+    if config.get("expect"):
+        # claims over training time or on the critical batch size read the stored records' full
+        # analysis both times: a re-run records final metrics only (its trials are verified above)
+        from hpconj.report import analyse, load_results
+
+        try:
+            full = analyse(load_results(folder))
+        except (FolderError, ValueError) as exc:
+            raise CheckError(str(exc)) from None
+        compare_claims(folder, replace(full, optima=from_stored, shifts=shifts_stored),
+                       replace(full, optima=now, shifts=shifts_now), report)
 
 
-def compare_claims(folder: Path, stored: tuple[pd.DataFrame, pd.DataFrame], now: tuple[pd.DataFrame, pd.DataFrame],
-                   report: CheckReport) -> None:
-    """The config's claims (hpconj.claims): claims.csv must hold the verdicts the stored trials give
+def compare_claims(folder: Path, stored: Any, now: Any, report: CheckReport) -> None:
+    """The config's claims (hpconj.claims): claims.csv must hold the verdicts the stored records give
     (an edited verdict is caught), and every claim that holds on the stored trials must still hold
-    with the re-run trials in place — the check a CI runs to ask "do our conclusions still hold?"."""
+    with the re-run trials in place — the check a CI runs to ask "do our conclusions still hold?".
+    `stored` and `now` are the analysis frames (hpconj.report.Frames) of each."""
     from hpconj.report import judged_claims
 
     config = read_config_data(folder)
-    recorded = judged_claims(config, *stored)
+    recorded = judged_claims(config, stored)
     if recorded.empty:
         return
     if (folder / CLAIMS_FILE).is_file():
@@ -476,7 +487,7 @@ def compare_claims(folder: Path, stored: tuple[pd.DataFrame, pd.DataFrame], now:
         for claim_id, verdict in zip(recorded["id"], recorded["verdict"]):
             if written.get(claim_id) != verdict:
                 report.add(f"{CLAIMS_FILE} claim {claim_id}", "verdict", written.get(claim_id, "absent"), verdict)
-    rejudged = judged_claims(config, *now)
+    rejudged = judged_claims(config, now)
     again = dict(zip(rejudged["id"], rejudged["verdict"]))
     for claim_id, verdict in zip(recorded["id"], recorded["verdict"]):
         if verdict == HOLDS and again.get(claim_id) != HOLDS:

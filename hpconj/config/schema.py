@@ -506,34 +506,45 @@ class Metric(Record):
     _omit_at_default: ClassVar[tuple[str, ...]] = ("target",)
 
 
+# what a claim can be about (hpconj.claims states the number each one names and how it is judged)
+CLAIM_KINDS = ("slope", "optimum", "regret", "time_slope", "critical_batch", "stability_gap", "time_to_target")
+_AXIS_KINDS = ("slope", "regret")  # the kinds that run along an axis
+
+
 class Claim(Record):
     """A statement about the results that `hpconj plot` judges and `hpconj check` judges again
-    (hpconj.claims): the slope of a shift (`kind: slope`, along `axis`) or one slice's optimum
-    (`kind: optimum`, `band` in log2 lr), for `parameterization`, at the values `at` of the other
-    axes. `band` comes from `source` (the literature), never from the result."""
+    (hpconj.claims): a number of the analysis named by `kind` (along `axis` for a slope or a
+    regret), for `parameterization`, at the values `at` of the other axes, against `band` (either
+    end may be .inf). `versus` (time_to_target only) names a second slice to compare with: values
+    that replace some of `at`. `band` comes from `source` (the literature), never from the result."""
 
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     claim: str = Field(min_length=1)
     source: str = Field(min_length=1)
-    kind: Literal["slope", "optimum"]
+    kind: Literal[CLAIM_KINDS]  # type: ignore[valid-type]
     parameterization: str
     axis: str | None = None
     at: dict[str, Union[float, str]] = Field(default_factory=dict)
+    versus: dict[str, Union[float, str]] = Field(default_factory=dict)
     band: tuple[float, float]
+    _omit_at_default: ClassVar[tuple[str, ...]] = ("versus",)
 
     @model_validator(mode="after")
     def _coherent(self) -> Claim:
-        if self.band[0] > self.band[1]:
+        if math.isnan(self.band[0]) or math.isnan(self.band[1]) or self.band[0] > self.band[1]:
             raise _keyed("band", f"must be ascending (low, high), got {list(self.band)}")
-        if self.kind == "slope" and self.axis is None:
-            raise _keyed("axis", "a slope claim names the axis its shift runs along (batch_size, momentum, ...)")
-        if self.kind == "optimum" and self.axis is not None:
-            raise _keyed("axis", "an optimum claim names one slice by `at`, not an axis")
+        if self.kind in _AXIS_KINDS and self.axis is None:
+            raise _keyed("axis", f"a {self.kind} claim names the axis it runs along (batch_size, momentum, ...)")
+        if self.kind not in _AXIS_KINDS and self.axis is not None:
+            raise _keyed("axis", f"a {self.kind} claim names its slice by `at`, not an axis")
+        if self.versus and self.kind != "time_to_target":
+            raise _keyed("versus", "only a time_to_target claim compares two slices")
         if self.axis is not None and self.axis not in AXES:
             raise _keyed("axis", f"must be one of {' | '.join(AXES)}, got {self.axis!r}")
-        for key in self.at:
+        for key in (*self.at, *self.versus):
             if key not in AXES:
-                raise _keyed(f"at.{key}", f"not an axis; one of {' | '.join(AXES)}")
+                raise _keyed(f"at.{key}" if key in self.at else f"versus.{key}",
+                             f"not an axis; one of {' | '.join(AXES)}")
         return self
 
 
@@ -736,6 +747,8 @@ class Config(_ConfigWithSettings):  # type: ignore[valid-type, misc]
     def canonical(self) -> dict[str, Any]:
         """The resolved config as plain data (what results/<name>/config.yaml holds)."""
         data = self.model_dump(mode="json")
+        for claim, dumped in zip(self.expect, data.get("expect", [])):
+            dumped["band"] = [float(x) for x in claim.band]  # an open end stays ±inf (JSON mode writes null)
         for name in OPTIMIZER_SETTINGS:  # only the active optimizer's block (older results have none)
             if data[name] is None:
                 data.pop(name)

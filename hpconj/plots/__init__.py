@@ -62,8 +62,14 @@ __all__ = [
 # -------------------------------------------------------------------------------------------- writing
 
 
-def write_figures(frames: Mapping[str, pd.DataFrame] | Any, meta: Mapping[str, Any] | None, folder: Path) -> list[Path]:
-    """Save every figure that has data as PNG (150 dpi) and SVG under `folder/"plots"`.
+FORMATS = ("png", "svg")  # what a figure is saved as: PNG at 150 dpi, SVG
+SAVE_OPTIONS: dict[str, dict[str, Any]] = {"png": {"dpi": 150, "metadata": {"Software": None}},
+                                           "svg": {"metadata": {"Date": None, "Creator": None}}}
+
+
+def write_figures(frames: Mapping[str, pd.DataFrame] | Any, meta: Mapping[str, Any] | None, folder: Path,
+                  formats: tuple[str, ...] = FORMATS) -> list[Path]:
+    """Save every figure that has data in `formats` (PNG at 150 dpi, SVG) under `folder/"plots"`.
 
     `frames` maps (or has attributes) curves, optima, shifts, training and, optionally, noise
     (drawn on optimum_shift_batch_size). Written, when their frame is not empty:
@@ -97,23 +103,24 @@ def write_figures(frames: Mapping[str, pd.DataFrame] | Any, meta: Mapping[str, A
 
     out = Path(folder) / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    return [path for paths in _render_all(jobs, out) for path in paths]
+    return [path for paths in _render_all(jobs, out, formats) for path in paths]
 
 
 _JOBS: list[tuple[str, Callable[[], Figure]]] = []  # what forked renderers draw (closures do not pickle)
 
 
-def _render_all(jobs: list[tuple[str, Callable[[], Figure]]], out: Path) -> list[list[Path]]:
+def _render_all(jobs: list[tuple[str, Callable[[], Figure]]], out: Path,
+                formats: tuple[str, ...] = FORMATS) -> list[list[Path]]:
     """Every job's files, in job order: drawn in forked processes, one per core, when there are
     several figures and cores (a figure's drawing is single-threaded Python), else here."""
     workers = min(len(jobs), renderers())
     if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        return [_render(name, make, out) for name, make in jobs]
+        return [_render(name, make, out, formats) for name, make in jobs]
     _JOBS[:] = jobs
     try:
         # fork: the figures' data are inherited, not pickled; nothing here has started threads
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            return list(pool.map(_render_job, range(len(jobs)), [out] * len(jobs)))
+            return list(pool.map(_render_job, range(len(jobs)), [out] * len(jobs), [formats] * len(jobs)))
     finally:
         _JOBS.clear()
 
@@ -123,19 +130,18 @@ def renderers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
 
-def _render_job(index: int, out: Path) -> list[Path]:
+def _render_job(index: int, out: Path, formats: tuple[str, ...]) -> list[Path]:
     name, make = _JOBS[index]
-    return _render(name, make, out)
+    return _render(name, make, out, formats)
 
 
-def _render(name: str, make: Callable[[], Figure], out: Path) -> list[Path]:
-    """Draw one figure and save it as PNG (150 dpi) and SVG."""
+def _render(name: str, make: Callable[[], Figure], out: Path, formats: tuple[str, ...] = FORMATS) -> list[Path]:
+    """Draw one figure and save it in `formats`: PNG (150 dpi), SVG."""
     figure = make()
     written = []
     # a fixed hash salt makes the SVG's element ids, and so its bytes, the same on every run
     with matplotlib.rc_context({**STYLE, "svg.hashsalt": "hpconj"}):
-        for suffix, options in ((".png", {"dpi": 150, "metadata": {"Software": None}}),
-                                (".svg", {"metadata": {"Date": None, "Creator": None}})):
+        for suffix, options in ((f".{f}", SAVE_OPTIONS[f]) for f in formats):
             path = out / f"{name}{suffix}"
             figure.savefig(path, facecolor="white", **options)
             written.append(path)
