@@ -27,7 +27,7 @@ EXPERIMENTS = {
     "e06_critical_batch": ("critical batch size, noise scale, and when momentum helps", "results/critical_batch/plots/steps_to_target.png"),
     "e07_depth_lr": ("do deeper networks need smaller learning rates?", "results/depth_lr/plots/optimum_shift_depth.png"),
     "e08_depth_init": ("with lr tuned per depth, are deep networks slower?", "results/depth_init/plots/training_curves.png"),
-    "e09_width_mup": ("retune per width, or transfer under μP?", "results/width_mup/plots/optimum_shift_width.png"),
+    "e09_width_mup": ("retune per width, or transfer under μP?", "results/width_mup_adam/plots/optimum_shift_width.png"),
     "e10_stability_edge": ("is the best lr the largest stable one?", "results/stability_edge/plots/loss_vs_lr_batch_size.png"),
     "e11_random_vs_grid": ("does random search beat grid search?", "random_vs_grid.png"),
     "e12_mcallester": ("McAllester's noise-adaptive SGD: batch-conjugate in λ_η?", "results/mcallester/plots/optimum_shift_batch_size.png"),

@@ -206,13 +206,16 @@ def claims_markdown(table: pd.DataFrame) -> list[str]:
 
 
 def estimate_text(row: Any) -> str:
-    """"0.95 [0.81, 1.10]"; a number without an interval (regret) alone; "–" when missing."""
+    """"0.95 [0.81, 1.10]"; a number without an interval (regret) alone; "–" when missing. More
+    decimals (up to 4) where two would show an interval's end on an end of the band it does not touch."""
     estimate, lo, hi = float(row["estimate"]), float(row["lo"]), float(row["hi"])
     if math.isnan(estimate):
         return "–"
     if math.isinf(estimate) and row["kind"] == "regret":
         return "∞ (diverges)"
-    return f"{estimate:.2f}" if lo == hi else f"{estimate:.2f} [{lo:.2f}, {hi:.2f}]"
+    ends = {float(row["band_lo"]), float(row["band_hi"])}
+    digits = next((d for d in (2, 3, 4) if not any(round(x, d) in ends and x not in ends for x in (lo, hi))), 4)
+    return f"{estimate:.{digits}f}" if lo == hi else f"{estimate:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 def band_text(row: Any) -> str:
@@ -230,5 +233,8 @@ def verdict_text(row: Any) -> str:
     text = str(row["verdict"])
     if text == INCONCLUSIVE:
         needed = float(row["seeds_needed"])
-        text += f" (about {needed:g} seeds)" if np.isfinite(needed) else " (on an end)"
+        if not np.isfinite(needed):
+            text += " (on an end)"
+        else:
+            text += f" (about {needed:g} seeds)" if needed <= 1000 else " (more than 1,000 seeds)"
     return text

@@ -33,7 +33,7 @@ from hpconj.config import Config, config_from_dict
 from hpconj.engine.base import tensors_digest
 from hpconj.folder import (BEST_MOMENTUM_FILE, CHECKPOINT_REQUIRED, CLAIMS_FILE, CHECKPOINTS_FILE, CONFIG_FILE, CRITICAL_FILE,
                            CURVES_FILE, CURVE_REQUIRED, OPTIMA_FILE, OPTIMA_TIME_FILE, SHIFTS_FILE, SHIFTS_TIME_FILE,
-                           TARGET_FILE, TRIALS_FILE, FolderError, not_planned, read_config_data, read_optional,
+                           TARGET_FILE, TRIALS_FILE, INPUT_FILES, FolderError, not_planned, read_config_data, read_optional,
                            read_table, read_trials, trial_set)
 from hpconj.records import DIVERGED, OK
 from hpconj.store import TRIAL_COLUMNS, trials_table
@@ -399,16 +399,36 @@ TIME_TABLES = {OPTIMA_TIME_FILE: ("optima_time", ("lr_opt", "lr_lo", "lr_hi", "m
                BEST_MOMENTUM_FILE: ("best_momentum", ("best_momentum", "lr_opt", "beta_share"))}
 
 
+def stored_analysis(folder: Path) -> Any:
+    """The analysis `hpconj plot` derives from the folder's stored records (hpconj.report.Frames),
+    computed once per state of those files: the claims and the tables over time both read it."""
+    stamps = tuple((name, *_stamp(folder / name)) for name in INPUT_FILES)
+    return _analysis(str(folder.resolve()), stamps)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return (-1, -1)
+    return (status.st_mtime_ns, status.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _analysis(folder: str, stamps: tuple) -> Any:
+    from hpconj.report import analyse, load_results  # the same derivation `hpconj plot` ran
+
+    return analyse(load_results(Path(folder)))
+
+
 def compare_derived_tables(folder: Path, report: CheckReport) -> None:
     """Each stored table over training time (and best_momentum.csv) against what the stored records
     give: an edited table is caught even with its hash recomputed in manifest.json."""
     present = [name for name in TIME_TABLES if (folder / name).is_file()]
     if not present:
         return
-    from hpconj.report import analyse, load_results  # the same derivation `hpconj plot` ran
-
     try:
-        frames = analyse(load_results(folder))
+        frames = stored_analysis(folder)
         tables = {name: read_table(folder / name) for name in present}
     except (FolderError, ValueError) as exc:
         raise CheckError(str(exc)) from None
@@ -457,10 +477,8 @@ def compare_analysis(folder: Path, stored: pd.DataFrame, merged: pd.DataFrame, r
     if config.get("expect"):
         # claims over training time or on the critical batch size read the stored records' full
         # analysis both times: a re-run records final metrics only (its trials are verified above)
-        from hpconj.report import analyse, load_results
-
         try:
-            full = analyse(load_results(folder))
+            full = stored_analysis(folder)
         except (FolderError, ValueError) as exc:
             raise CheckError(str(exc)) from None
         compare_claims(folder, replace(full, optima=from_stored, shifts=shifts_stored),

@@ -166,3 +166,14 @@ def test_an_open_band_survives_config_yaml():
     config = config_from_dict(merged(TINY, {"expect": [{**SLOPE, "band": [0.5, math.inf]}]}))
     stored = yaml.safe_dump(config.canonical())
     assert ".inf" in stored and config_from_dict(yaml.safe_load(stored)).expect[0].band == (0.5, math.inf)
+
+
+def test_an_interval_end_next_to_the_band_is_shown_with_enough_decimals():
+    """0.2505 against a band ending at 0.25 fails; "[0.25, …]" would read as touching it."""
+    from hpconj.claims import estimate_text, verdict_text
+
+    row = {"kind": "slope", "estimate": 0.2875, "lo": 0.2504735, "hi": 0.4287, "band_lo": -0.25, "band_hi": 0.25}
+    assert estimate_text(row) == "0.2875 [0.2505, 0.4287]"
+    assert estimate_text({**row, "lo": 0.21}) == "0.29 [0.21, 0.43]"
+    assert verdict_text({"verdict": INCONCLUSIVE, "seeds_needed": 20174.0}) == "inconclusive (more than 1,000 seeds)"
+    assert verdict_text({"verdict": INCONCLUSIVE, "seeds_needed": 12.0}) == "inconclusive (about 12 seeds)"

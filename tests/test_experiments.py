@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run_here
+from conftest import ROOT, run_cli, run_here
+from test_check_statistics import narrower_kernels, recorded_elsewhere
 from hpconj.claims import FAILS, HOLDS, INCONCLUSIVE, MISSING
 from hpconj.config import load_config
 from hpconj.folder import CLAIMS_FILE, read_trials
@@ -104,3 +105,15 @@ def test_the_cheapest_experiments_reproduce_in_part(name, tmp_path):
     shutil.copytree(EXPERIMENTS / name, folder)
     done = run_here("check", str(folder), "--trials", "5%")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("name", CHEAPEST)
+def test_the_cheapest_experiments_keep_their_conclusions_under_other_arithmetic(name, tmp_path):
+    """As if recorded on another CPU, re-run here with narrower vector kernels: other bits, the same
+    conclusions, and every claim that held still holds."""
+    folder = tmp_path / Path(name).name
+    shutil.copytree(EXPERIMENTS / name, folder)
+    recorded_elsewhere(folder)
+    done = run_cli("check", str(folder), "--trials", "5%", env=narrower_kernels())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "same conclusions" in done.stdout
