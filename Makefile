@@ -27,7 +27,7 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-# every experiment of experiments/ (experiments/README.md): about 8 min wall, 14 min of CPU on 2 cores
+# every experiment of experiments/ (experiments/README.md): about 12 min wall, 22 min of CPU on 2 cores
 experiments: setup
 	$(BIN)/python experiments/run.py
 
