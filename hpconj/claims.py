@@ -18,8 +18,13 @@ A claim names one number of the analysis (`at` fixes the values of the other axe
   stability_gap   log2(lr_div / lr*), octaves from the optimum up to the smallest lr at which a seed
                   diverged (optima.csv; interval from lr*'s, lr_div being a grid point);
   time_to_target  log2 of the examples to reach the metric's target in one slice
-                  (time_to_target.csv), or with `versus` (values that replace some of `at`) the log2
-                  ratio to that second slice: [lo, hi] = [lo₁ − hi₂, hi₁ − lo₂] (conservative).
+                  (time_to_target.csv);
+  best_momentum   the momentum β of the best (lr*, β) pair at the values `at` of the other axes
+                  (best_momentum.csv; its interval: the 2.5 and 97.5 percentiles of the winning β
+                  over the bootstrap resamples).
+For the last two, `versus` (values that replace some of `at`) names a second slice, and the number
+becomes the difference to it (for time_to_target the log2 ratio): [lo, hi] = [lo₁ − hi₂, hi₁ − lo₂]
+(conservative).
 
 Verdict, with [lo, hi] the interval and [a, b] the band (either end may be ±.inf):
   holds         a ≤ lo and hi ≤ b (the whole interval inside the band);
@@ -45,9 +50,6 @@ from hpconj.config.schema import CLAIM_KINDS
 HOLDS, FAILS, INCONCLUSIVE, MISSING = "holds", "fails", "inconclusive", "missing"
 CLAIM_COLUMNS = ["id", "kind", "parameterization", "where", "band_lo", "band_hi", "estimate", "lo", "hi",
                  "verdict", "seeds_needed", "claim", "source"]
-# the claims a re-run can move: judged from optima and shifts alone (hpconj check re-derives these
-# from the re-run trials; the others from the stored records, which it verifies trial by trial)
-RERUN_KINDS = ("slope", "optimum", "regret", "stability_gap")
 NOTHING = (math.nan, math.nan, math.nan)
 
 
@@ -77,7 +79,7 @@ def _judged(claim: Any, frames: Any) -> tuple:
     where = _where(claim.at)
     if claim.axis is not None:
         where = f"along {claim.axis}" + (f" at {where}" if where else "")
-    if getattr(claim, "versus", None):
+    if claim.versus:
         where += f" versus {_where({**claim.at, **claim.versus})}"
     estimate, lo, hi = (float(x) for x in NUMBERS[claim.kind](claim, frames))
     seeds = _seeds(_frame(frames, "optima"), claim.parameterization)
@@ -135,10 +137,23 @@ def _stability_gap(claim: Any, frames: Any) -> tuple[float, float, float]:
 
 
 def _time_to_target(claim: Any, frames: Any) -> tuple[float, float, float]:
-    first = _examples(_frame(frames, "targets"), claim.parameterization, claim.at)
-    if not getattr(claim, "versus", None):
+    return _versus(claim, lambda at: _examples(_frame(frames, "targets"), claim.parameterization, at))
+
+
+def _best_momentum(claim: Any, frames: Any) -> tuple[float, float, float]:
+    def one(at: dict[str, Any]) -> tuple[float, float, float]:
+        row = _row(_frame(frames, "best_momentum"), {"parameterization": claim.parameterization, **at})
+        return NOTHING if row is None else (row["best_momentum"], row["beta_lo"], row["beta_hi"])
+
+    return _versus(claim, one)
+
+
+def _versus(claim: Any, number: Callable[[dict[str, Any]], tuple[float, float, float]]) -> tuple[float, float, float]:
+    """The number at `at`, or with `versus` its difference to the number at the second slice."""
+    first = number(dict(claim.at))
+    if not claim.versus:
         return first
-    second = _examples(_frame(frames, "targets"), claim.parameterization, {**claim.at, **claim.versus})
+    second = number({**claim.at, **claim.versus})
     return first[0] - second[0], first[1] - second[2], first[2] - second[1]
 
 
@@ -154,6 +169,7 @@ def _examples(targets: pd.DataFrame, parameterization: str, at: dict[str, Any]) 
 NUMBERS: dict[str, Callable[[Any, Any], tuple[float, float, float]]] = {
     "slope": _slope, "optimum": _optimum, "regret": _regret, "time_slope": _time_slope,
     "critical_batch": _critical_batch, "stability_gap": _stability_gap, "time_to_target": _time_to_target,
+    "best_momentum": _best_momentum,
 }
 assert tuple(NUMBERS) == CLAIM_KINDS, "every kind the schema accepts has one number here"
 

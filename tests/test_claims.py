@@ -149,7 +149,7 @@ def test_every_kind_reads_its_number_and_interval():
 @pytest.mark.parametrize("change, words", [
     ({"kind": "regret", "axis": None}, "expect[0].axis: a regret claim names the axis"),
     ({"kind": "stability_gap"}, "expect[0].axis: a stability_gap claim names its slice by `at`"),
-    ({"versus": {"momentum": 0.9}}, "expect[0].versus: only a time_to_target claim compares two slices"),
+    ({"versus": {"momentum": 0.9}}, "expect[0].versus: only a time_to_target or best_momentum claim compares two slices"),
     ({"kind": "time_to_target", "axis": None, "versus": {"colour": 1.0}}, "expect[0].versus.colour: not an axis"),
     ({"band": [float("nan"), 1.0]}, "expect[0].band: must be ascending"),
 ])
@@ -177,3 +177,17 @@ def test_an_interval_end_next_to_the_band_is_shown_with_enough_decimals():
     assert estimate_text({**row, "lo": 0.21}) == "0.29 [0.21, 0.43]"
     assert verdict_text({"verdict": INCONCLUSIVE, "seeds_needed": 20174.0}) == "inconclusive (more than 1,000 seeds)"
     assert verdict_text({"verdict": INCONCLUSIVE, "seeds_needed": 12.0}) == "inconclusive (about 12 seeds)"
+
+
+def test_the_best_momentum_and_its_move_between_two_slices():
+    """best_momentum reads best_momentum.csv; with `versus` the difference to a second slice, with
+    the conservative interval."""
+    frames = SimpleNamespace(best_momentum=pd.DataFrame(
+        {"parameterization": ["standard"] * 2, "batch_size": [4, 1024], "best_momentum": [0.0, 0.9],
+         "beta_lo": [0.0, 0.5], "beta_hi": [0.5, 0.9]}))
+    alone = _claim("best_momentum", at={"batch_size": 1024}, band=[0.5, 1.0])
+    moved = _claim("best_momentum", id="moves", at={"batch_size": 1024}, versus={"batch_size": 4}, band=[0.4, 1.0])
+    table = claims_table([alone, moved], frames).set_index("id")
+    assert table.loc["best_momentum", ["estimate", "lo", "hi", "verdict"]].tolist() == [0.9, 0.5, 0.9, HOLDS]
+    assert table.loc["moves", ["estimate", "lo", "hi"]].tolist() == pytest.approx([0.9, 0.0, 0.9])
+    assert table.loc["moves", "verdict"] == INCONCLUSIVE and "versus batch_size=4" in table.loc["moves", "where"]

@@ -507,16 +507,18 @@ class Metric(Record):
 
 
 # what a claim can be about (hpconj.claims states the number each one names and how it is judged)
-CLAIM_KINDS = ("slope", "optimum", "regret", "time_slope", "critical_batch", "stability_gap", "time_to_target")
+CLAIM_KINDS = ("slope", "optimum", "regret", "time_slope", "critical_batch", "stability_gap", "time_to_target",
+               "best_momentum")
 _AXIS_KINDS = ("slope", "regret")  # the kinds that run along an axis
+_VERSUS_KINDS = ("time_to_target", "best_momentum")  # the kinds that may compare two slices
 
 
 class Claim(Record):
     """A statement about the results that `hpconj plot` judges and `hpconj check` judges again
     (hpconj.claims): a number of the analysis named by `kind` (along `axis` for a slope or a
     regret), for `parameterization`, at the values `at` of the other axes, against `band` (either
-    end may be .inf). `versus` (time_to_target only) names a second slice to compare with: values
-    that replace some of `at`. `band` comes from `source` (the literature), never from the result."""
+    end may be .inf). `versus` (time_to_target, best_momentum) names a second slice to compare
+    with: values that replace some of `at`. `band` comes from `source` (the literature), never from the result."""
 
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     claim: str = Field(min_length=1)
@@ -537,8 +539,8 @@ class Claim(Record):
             raise _keyed("axis", f"a {self.kind} claim names the axis it runs along (batch_size, momentum, ...)")
         if self.kind not in _AXIS_KINDS and self.axis is not None:
             raise _keyed("axis", f"a {self.kind} claim names its slice by `at`, not an axis")
-        if self.versus and self.kind != "time_to_target":
-            raise _keyed("versus", "only a time_to_target claim compares two slices")
+        if self.versus and self.kind not in _VERSUS_KINDS:
+            raise _keyed("versus", f"only a {' or '.join(_VERSUS_KINDS)} claim compares two slices")
         if self.axis is not None and self.axis not in AXES:
             raise _keyed("axis", f"must be one of {' | '.join(AXES)}, got {self.axis!r}")
         for key in (*self.at, *self.versus):
