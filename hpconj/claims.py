@@ -69,7 +69,7 @@ def verdict(estimate: float, lo: float, hi: float, band: tuple[float, float], se
 
 def claims_table(claims: list[Any], frames: Any) -> pd.DataFrame:
     """One row per claim (CLAIM_COLUMNS), judged on the analysis `frames` (an object with the
-    DataFrames optima, shifts, shifts_time, targets, critical and noise as attributes; a missing
+    DataFrames optima, shifts, shifts_time, targets, critical, best_momentum and noise as attributes; a missing
     one reads as empty)."""
     rows = [_judged(c, frames) for c in claims]
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
