@@ -379,23 +379,31 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def record_hashes(folder: Path, written: Iterable[str], forget: Iterable[str] = ()) -> None:
+def record_hashes(folder: Path, written: Iterable[str], forget: Iterable[str] = (), dropped: Iterable[str] = ()) -> None:
     """Record in manifest.json the sha256 of the files just `written` (names relative to `folder`).
 
     Every other entry stays as recorded, so a file damaged since hpconj wrote it stays reported
     as damaged: recording is never re-certifying. Entries named in `forget`, and analysis outputs
-    that hpconj itself removed (hpconj.folder.remove_analysis), are dropped.
+    that hpconj itself removed (hpconj.folder.remove_analysis), are dropped. Names in `dropped`
+    (deleted by `hpconj compact`) are forgotten and listed under "dropped"; a file written again
+    leaves that list.
     """
     path = folder / MANIFEST
     manifest = json.loads(path.read_text()) if path.is_file() else {}
     files = dict(manifest.get("files") or {})
+    written, dropped = list(written), set(dropped)
     for name in list(files):
         derived = name in ANALYSIS_FILES or name.startswith("plots/")
-        if name in forget or (derived and not (folder / name).is_file()):
+        if name in forget or name in dropped or (derived and not (folder / name).is_file()):
             del files[name]
     for name in written:
         files[name] = sha256_file(folder / name)
     manifest["files"] = dict(sorted(files.items()))
+    listed = (set(manifest.get("dropped") or []) | dropped) - set(written)
+    if listed:
+        manifest["dropped"] = sorted(listed)
+    else:
+        manifest.pop("dropped", None)
     write_atomic(path, json.dumps(manifest, indent=2) + "\n")
 
 
@@ -406,20 +414,22 @@ def compact(folder: Path) -> int:
     """Drop curves.csv from a results folder hpconj made (`hpconj compact`, for results committed to
     a repository), under the writer's lock; manifest.json forgets its hash and lists it under
     "dropped", so `check --integrity` does not call it missing and `check` compares final metrics
-    only. The store keeps the curves: a later `hpconj sweep` into the folder exports them again.
-    Returns the bytes freed."""
+    only. A file that no longer hashes as recorded, or was never recorded, is refused, not
+    dropped: dropping it would hide the damage, or delete what hpconj did not write. The store keeps the curves: a later `hpconj sweep` into the folder exports them
+    again (and they leave "dropped"). Returns the bytes freed."""
     read_manifest(folder)  # FolderError: only a folder hpconj made
-    freed = 0
     with writer_lock(folder):
-        for name in DROPPABLE:
-            path = folder / name
-            if path.is_file():
-                freed += path.stat().st_size
-                path.unlink()
-            record_hashes(folder, [], forget=[name])
-        manifest = json.loads((folder / MANIFEST).read_text())
-        manifest["dropped"] = sorted(set(manifest.get("dropped") or []) | set(DROPPABLE))
-        write_atomic(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        recorded = read_manifest(folder).get("files") or {}
+        present = [folder / n for n in DROPPABLE if (folder / n).is_file()]
+        for path in present:
+            if path.name not in recorded:
+                raise FolderError(f"{path}: not recorded in manifest.json (not hpconj's); nothing dropped")
+            if sha256_file(path) != recorded[path.name]:
+                raise FolderError(f"{path}: edited since it was recorded (sha256 differs); nothing dropped")
+        freed = sum(path.stat().st_size for path in present)
+        for path in present:
+            path.unlink()
+        record_hashes(folder, [], dropped=DROPPABLE)
     return freed
 
 

@@ -66,13 +66,35 @@ def test_a_compacted_folder_stays_checkable_and_a_sweep_exports_its_curves_again
     done = run_here("compact", str(out))
     assert done.returncode == 0 and "dropped curves.csv" in done.stdout, done.stdout + done.stderr
     assert not (out / "curves.csv").exists()
+    assert json.loads((out / "manifest.json").read_text())["dropped"] == ["curves.csv"]
     for command in (("check", str(out), "--integrity"), ("plot", str(out), "--formats", "png"),
                     ("check", str(out), "--trials", "2")):
         done = run_here(*command)
         assert done.returncode == 0, (command, done.stdout, done.stderr)
+    assert sorted(p.suffix for p in (out / "plots").iterdir()) == [".png"] * len(list((out / "plots").iterdir()))
     assert run_here("sweep", str(path), "--out", str(out), "--quiet").returncode == 0
     assert (out / "curves.csv").is_file() and run_here("check", str(out), "--integrity").returncode == 0
-    assert run_here("compact", str(tmp_path / "nowhere")).returncode == 2
+    assert "dropped" not in json.loads((out / "manifest.json").read_text())
+    assert run_here("plot", str(out), "--formats", "jpg").returncode == 2
+
+
+def test_compact_refuses_a_damaged_curves_file_and_a_folder_it_did_not_make(write_config, tmp_path):
+    """Dropping an edited curves.csv would hide the damage; a folder without hpconj's manifest is
+    not hpconj's to change. Both: one line, exit 2, nothing deleted."""
+    path = write_config(sweep={"lr": {"_replace": True, "values": [0.01]}, "batch_size": [8]})
+    out = tmp_path / "damaged"
+    assert run_here("sweep", str(path), "--out", str(out), "--quiet").returncode == 0
+    curves = out / "curves.csv"
+    curves.write_text(curves.read_text().replace("0.", "1.", 1))
+    done = run_here("compact", str(out))
+    assert done.returncode == 2 and "edited since it was recorded" in done.stderr and curves.is_file()
+    assert "dropped" not in json.loads((out / "manifest.json").read_text())
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "trials.csv").write_text("a user's table\n")
+    (foreign / "curves.csv").write_text("a user's curves\n")
+    done = run_here("compact", str(foreign))
+    assert done.returncode == 2 and (foreign / "curves.csv").read_text() == "a user's curves\n"
 
 
 def test_the_configs_claims_are_the_committed_ones():
